@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# One-command install: creates .venv in the repo root, installs the pinned requirements and this
+# package, then tries to download the inference checkpoints (gives up within seconds offline).
+# Running it again is fast: nothing is reinstalled while requirements.txt and pyproject.toml are unchanged.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+PYTHON="${PYTHON:-$(command -v python3.11 || command -v python3)}"
+if [ ! -x .venv/bin/python ]; then
+    echo "Creating .venv with $PYTHON"
+    "$PYTHON" -m venv .venv
+fi
+
+stamp=.venv/.latentsync-install-stamp
+want="$(cat requirements.txt pyproject.toml | sha256sum | cut -d' ' -f1)"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! .venv/bin/python -c "import latentsync, torch, diffusers" 2>/dev/null; then
+    echo "Installing requirements into .venv (first run takes several minutes)"
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+    echo "$want" > "$stamp"
+else
+    echo "Requirements already installed in .venv"
+fi
+
+# Inference checkpoints (LatentSync 1.6 by default). Never fails the install: offline it says
+# which files are missing and where to get them.
+.venv/bin/python -m scripts.download_checkpoints --checkpoints_dir checkpoints || true
+echo "Setup done. Run the tests with: .venv/bin/python -m pytest -q"
