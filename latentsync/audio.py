@@ -38,7 +38,7 @@ WHISPER_HOP = whisper.audio.HOP_LENGTH  # 160 samples per mel frame, 100 frames 
 WHISPER_N_FFT = whisper.audio.N_FFT  # 400
 WINDOW_FRAMES = whisper.audio.N_FRAMES  # 3000 mel frames = one 30 s encoder window
 ROWS_PER_SECOND = 50  # encoder rows per second (conv2 has stride 2)
-MIN_SAMPLES = WHISPER_N_FFT // 2 + 1  # torch.stft's reflect padding needs more than n_fft/2
+MIN_SAMPLES = 2 * WHISPER_HOP  # 20 ms: one feature row (also > n_fft/2 for the reflect padding)
 FEATURE_VERSION = 1  # bump when the feature computation changes (invalidates the cache)
 
 # per-frame chunks (SPEC 2.2)
@@ -182,7 +182,7 @@ class AudioEncoder:
         self.ckpt_path = Path(whisper_ckpt_path)
         model = _load_whisper(self.ckpt_path)
         self.dims = model.dims
-        self.device = pick_device(device if device is None else str(device))
+        self.device = pick_device(None if device is None else str(device))
         if dtype is None or isinstance(dtype, str):
             dtype = pick_dtype(dtype, self.device)
         self.dtype = dtype

@@ -41,26 +41,10 @@ class AlignRestore:
     def estimate(self, points: np.ndarray) -> np.ndarray:
         """The 2x3 float64 matrix mapping frame pixels to crop pixels for these 3 points.
 
-        Least-squares similarity (sample-std scaling, reflection fixed) plus the reference's
-        smoothed nose bias added to the translation; updates the smoothing state.
+        The similarity of `similarity_transform` plus the reference's nose bias, smoothed over
+        time (0.2 previous, 0.8 current), added to the translation; updates the state.
         """
-        src = np.asarray(points, dtype=np.float64).reshape(3, 2)
-        dst = self.template
-        src_c, dst_c = src.mean(axis=0), dst.mean(axis=0)
-        src_s, dst_s = np.std(src - src_c, ddof=1), np.std(dst - dst_c, ddof=1)
-        if not src_s > 0:
-            raise ValueError(f"degenerate face points {src.tolist()}")
-        src_n, dst_n = (src - src_c) / src_s, (dst - dst_c) / dst_s
-        u, _, vt = np.linalg.svd(src_n.T @ dst_n)
-        rotation = vt.T @ u.T
-        if np.linalg.det(rotation) < 0:
-            vt[-1, :] *= -1
-            rotation = vt.T @ u.T
-        scale = dst_s / src_s
-        matrix = np.empty((2, 3))
-        matrix[:, :2] = scale * rotation
-        matrix[:, 2] = dst_c - scale * rotation @ src_c
-        bias = dst_n[2] - src_n[2]
+        matrix, bias = similarity_transform(points, self.template)
         if self._bias is not None:
             bias = SMOOTH_PREVIOUS * self._bias + (1 - SMOOTH_PREVIOUS) * bias
         self._bias = bias
@@ -81,6 +65,8 @@ class AlignRestore:
 
         `face` is uint8 [res, res, 3] (0..255) or floating point in [-1, 1] (model units).
         Only pixels inside the warped crop region can change; the result is a new array.
+        The blend is rounded (the reference truncates, which loses a grey level wherever
+        float error leaves a weight of 0.99999994).
         """
         face = self._face_to_crop(face)
         inverse = cv2.invertAffineTransform(np.asarray(matrix, dtype=np.float64))
@@ -102,7 +88,7 @@ class AlignRestore:
         soft = soft_edge(valid)[:, :, None]
         region = out[y0:y1, x0:x1].astype(np.float32)
         blended = soft * (valid[:, :, None] * warped) + (1 - soft) * region
-        out[y0:y1, x0:x1] = np.clip(blended, 0, 255).astype(np.uint8)
+        out[y0:y1, x0:x1] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
         return out
 
     def _face_to_crop(self, face: np.ndarray) -> np.ndarray:
@@ -140,3 +126,29 @@ def soft_edge(valid: np.ndarray) -> np.ndarray:
     ksize = 2 * w_edge + 1
     sigma = 0.3 * ((ksize - 1) * 0.5 - 1) + 0.8
     return cv2.GaussianBlur(eroded, (ksize, ksize), sigma, borderType=cv2.BORDER_REFLECT_101)
+
+
+def similarity_transform(points: np.ndarray, template: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(M 2x3, nose bias [2]): least-squares similarity mapping `points` onto `template`.
+
+    Both are [3, 2] (x, y). Scales are sample standard deviations (ddof=1) of the centred
+    coordinates; a reflection is turned into a rotation. The bias is the nose row of the
+    normalised template minus that of the normalised points (SPEC 3.3), in float64.
+    """
+    src = np.asarray(points, dtype=np.float64).reshape(3, 2)
+    dst = np.asarray(template, dtype=np.float64)
+    src_c, dst_c = src.mean(axis=0), dst.mean(axis=0)
+    src_s, dst_s = np.std(src - src_c, ddof=1), np.std(dst - dst_c, ddof=1)
+    if not src_s > 0:
+        raise ValueError(f"degenerate face points {src.tolist()}")
+    src_n, dst_n = (src - src_c) / src_s, (dst - dst_c) / dst_s
+    u, _, vt = np.linalg.svd(src_n.T @ dst_n)
+    rotation = vt.T @ u.T
+    if np.linalg.det(rotation) < 0:
+        vt[-1, :] *= -1
+        rotation = vt.T @ u.T
+    scale = dst_s / src_s
+    matrix = np.empty((2, 3))
+    matrix[:, :2] = scale * rotation
+    matrix[:, 2] = dst_c - scale * rotation @ src_c
+    return matrix, dst_n[2] - src_n[2]

@@ -184,8 +184,8 @@ def _read_state_dict(path: Path) -> dict:
     try:
         data = _torch_load(path)
     except Exception as error:  # corrupt file, not a torch file, or unsafe pickle
-        raise UserError(f"{path}: cannot read as a torch checkpoint ({type(error).__name__}: "
-                        f"{str(error).splitlines()[0] if str(error) else ''})") from None
+        raise UserError(f"{path}: cannot read as a torch weights file ({type(error).__name__}); "
+                        f"expected {Path(VIDEOMAE_CHECKPOINT).name}") from None
     if isinstance(data, dict):
         for key in ("model", "module"):
             if isinstance(data.get(key), dict):

@@ -128,7 +128,7 @@ def load_unet(config_path, ckpt_path, device="cpu", dtype=torch.float32, strict:
     unet = UNet3DConditionModel.from_config(config)
     load_into(unet, state_dict, str(ckpt_path), strict, _unet_hint(config, state_dict))
     unet.global_step = checkpoint.global_step
-    return unet.to(device=device, dtype=dtype)
+    return torch.nn.Module.to(unet, device=device, dtype=dtype)
 
 
 def load_syncnet(config_path, ckpt_path, device="cpu", dtype=torch.float32, strict: bool = True):
@@ -140,4 +140,4 @@ def load_syncnet(config_path, ckpt_path, device="cpu", dtype=torch.float32, stri
     syncnet = StableSyncNet.from_config(config)
     load_into(syncnet, checkpoint.state_dict, str(ckpt_path), strict)
     syncnet.global_step = checkpoint.global_step
-    return syncnet.to(device=device, dtype=dtype)
+    return torch.nn.Module.to(syncnet, device=device, dtype=dtype)

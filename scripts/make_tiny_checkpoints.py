@@ -1,0 +1,121 @@
+"""Write a complete tiny checkpoint set with random weights, in the official file formats.
+
+    python -m scripts.make_tiny_checkpoints --output_dir DIR
+
+DIR/unet.yaml + DIR/latentsync_unet.pt   UNet (stage-2 layout with motion modules, 256 px)
+DIR/syncnet.yaml + DIR/stable_syncnet.pt StableSyncNet (pixel, attention blocks, lower half)
+DIR/whisper/tiny.pt                      openai-whisper checkpoint format (tiny dimensions)
+DIR/vae/                                 diffusers AutoencoderKL folder (downsamples by 8)
+
+The pipeline and training run end to end on these on a CPU in seconds; tests use them.
+"""
+
+import argparse
+import math
+import os
+import sys
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+REPO = Path(__file__).resolve().parents[1]
+SEED = 0
+WHISPER_DIMS = dict(n_mels=80, n_audio_ctx=1500, n_audio_state=64, n_audio_head=2, n_audio_layer=4,
+                    n_vocab=51865, n_text_ctx=448, n_text_state=64, n_text_head=2, n_text_layer=1)
+UNET_MODEL = dict(block_out_channels=[32, 32, 32, 32], layers_per_block=1, norm_num_groups=8,
+                  attention_head_dim=8, cross_attention_dim=WHISPER_DIMS["n_audio_state"], sample_size=32)
+SYNCNET_MODEL = {
+    "audio_encoder": dict(in_channels=1, block_out_channels=[32, 32, 32, 32, 32, 64],
+                          downsample_factors=[[2, 1], 2, 2, 1, 2, [2, 3]], attn_blocks=[0, 0, 0, 1, 0, 0], dropout=0.0),
+    "visual_encoder": dict(in_channels=48, block_out_channels=[32, 32, 32, 32, 32, 32, 64],
+                           downsample_factors=[[1, 2], 2, 2, 2, 2, 2, 2], attn_blocks=[0, 0, 0, 0, 1, 0, 0],
+                           dropout=0.0),
+}
+VAE_CONFIG = dict(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 4,
+                  up_block_types=["UpDecoderBlock2D"] * 4, block_out_channels=[32, 32, 32, 32],
+                  layers_per_block=1, latent_channels=4, norm_num_groups=8, sample_size=256,
+                  scaling_factor=0.18215)
+
+
+def randomize(model: torch.nn.Module, generator: torch.Generator) -> torch.nn.Module:
+    """Re-draw every parameter so no layer is an identity or zero (as the reference fixtures do)."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() >= 2:
+                fan_in = p[0].numel()
+                p.copy_(torch.randn(p.shape, generator=generator) / math.sqrt(fan_in))
+            elif name.endswith("weight"):
+                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=generator))
+            else:
+                p.copy_(0.1 * torch.randn(p.shape, generator=generator))
+    return model
+
+
+def atomic_torch_save(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def write_unet(out: Path, generator: torch.Generator) -> None:
+    from latentsync.models import UNet3DConditionModel
+
+    config = OmegaConf.load(REPO / "configs/unet/stage2.yaml")
+    config.model.update(UNET_MODEL)
+    config.data.syncnet_config_path = str(out / "syncnet.yaml")
+    config.data.resolution = 256
+    config.ckpt.resume_ckpt_path = str(out / "latentsync_unet.pt")
+    OmegaConf.save(config, out / "unet.yaml")
+    unet = randomize(UNet3DConditionModel.from_config(OmegaConf.to_container(config.model)), generator)
+    atomic_torch_save({"state_dict": unet.state_dict(), "global_step": 0}, out / "latentsync_unet.pt")
+
+
+def write_syncnet(out: Path, generator: torch.Generator) -> None:
+    from latentsync.models import StableSyncNet
+
+    config = OmegaConf.load(REPO / "configs/syncnet/syncnet_16_pixel_attn.yaml")
+    config.model = SYNCNET_MODEL
+    config.ckpt.inference_ckpt_path = str(out / "stable_syncnet.pt")
+    OmegaConf.save(config, out / "syncnet.yaml")
+    syncnet = randomize(StableSyncNet.from_config(SYNCNET_MODEL), generator)
+    atomic_torch_save({"state_dict": syncnet.state_dict()}, out / "stable_syncnet.pt")
+
+
+def write_whisper(out: Path) -> None:
+    from whisper.model import ModelDimensions, Whisper
+
+    (out / "whisper").mkdir(exist_ok=True)
+    model = Whisper(ModelDimensions(**WHISPER_DIMS))
+    atomic_torch_save({"dims": WHISPER_DIMS, "model_state_dict": model.state_dict()}, out / "whisper/tiny.pt")
+
+
+def write_vae(out: Path) -> None:
+    from diffusers import AutoencoderKL
+
+    AutoencoderKL(**VAE_CONFIG).save_pretrained(out / "vae")
+
+
+def make_tiny_checkpoints(output_dir: str | os.PathLike) -> Path:
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(SEED)
+    generator = torch.Generator().manual_seed(SEED)
+    write_syncnet(out, generator)
+    write_unet(out, generator)
+    write_whisper(out)
+    write_vae(out)
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output_dir", required=True)
+    args = parser.parse_args(argv)
+    out = make_tiny_checkpoints(args.output_dir)
+    print(f"Tiny random checkpoints written to {out}/")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
