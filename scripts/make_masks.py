@@ -30,7 +30,8 @@ MASK4_BAND = [(60, 127, [(9, 246)])]
 # mask3.png: known rows of its mouth/chin region; rows in between are interpolated linearly
 # (an approximation of the reference file, which no config uses; 12,668 px vs 12,651).
 MASK3_KNOTS = [(128, 39, 217), (136, 39, 217), (137, 40, 216), (143, 40, 216), (144, 41, 215),
-               (148, 41, 215), (172, 49, 207), (196, 70, 186), (204, 80, 176), (210, 93, 163), (214, 104, 152), (217, 120, 136)]
+               (148, 41, 215), (172, 49, 207), (196, 70, 186), (204, 80, 176), (210, 93, 163),
+               (214, 104, 152), (217, 120, 136)]
 
 
 def parse_table(text: str) -> list[tuple[int, int, list[tuple[int, int]]]]:

@@ -33,7 +33,7 @@ SYNCNET_MODEL = {
                            dropout=0.0),
 }
 VAE_CONFIG = dict(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 4,
-                  up_block_types=["UpDecoderBlock2D"] * 4, block_out_channels=[32, 32, 32, 32],
+                  up_block_types=["UpDecoderBlock2D"] * 4, block_out_channels=[8, 8, 16, 16],
                   layers_per_block=1, latent_channels=4, norm_num_groups=8, sample_size=256,
                   scaling_factor=0.18215)
 

@@ -13,6 +13,7 @@ from latentsync.audio import load_audio
 from latentsync.errors import UserError
 
 INT16_SCALE = 32768.0
+VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm")
 
 
 def _open(path: Path):
@@ -72,3 +73,14 @@ def read_audio_int16(path: str | os.PathLike, sample_rate: int = 16000) -> np.nd
     """The first audio stream of `path` as mono int16 samples at `sample_rate`."""
     wav = load_audio(path, sample_rate)
     return np.clip(np.round(wav * INT16_SCALE), -32768, 32767).astype(np.int16)
+
+
+def list_videos(videos_dir: str | os.PathLike) -> list[Path]:
+    """The video files directly inside `videos_dir`, sorted by name."""
+    videos_dir = Path(videos_dir)
+    if not videos_dir.is_dir():
+        raise UserError(f"{videos_dir}: not a directory")
+    videos = sorted(p for p in videos_dir.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
+    if not videos:
+        raise UserError(f"{videos_dir}: no video files ({', '.join(VIDEO_SUFFIXES)})")
+    return videos

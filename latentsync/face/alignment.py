@@ -54,8 +54,9 @@ class AlignRestore:
     def align(self, frame: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(face uint8 [res, res, 3], M 2x3): the aligned face square and its matrix."""
         matrix = self.estimate(points)
-        crop = cv2.warpAffine(frame, matrix, self.crop_size, flags=cv2.INTER_LINEAR,
-                              borderMode=cv2.BORDER_CONSTANT, borderValue=(FILL_VALUE,) * 3)
+        crop = cv2.warpAffine(np.ascontiguousarray(frame), matrix, self.crop_size,
+                              flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                              borderValue=(FILL_VALUE,) * 3)
         face = cv2.resize(crop, (self.resolution, self.resolution),
                           interpolation=cv2.INTER_LANCZOS4)
         return face, matrix

@@ -49,8 +49,10 @@ MIN_ASPECT, MAX_ASPECT = 0.2, 1.5
 FAN_POINT_GROUPS = (range(17, 22), range(22, 27), range(27, 36))
 FAN_WEIGHT_FILES = ("s3fd-619a316812.pth", "2DFAN4-cd938726ad.zip")
 
-AUXILIARY_SOURCE = ("`huggingface-cli download ByteDance/LatentSync-1.5 auxiliary/<file> "
-                    "--local-dir checkpoints`")
+AUXILIARY_SOURCE = ("huggingface-cli download ByteDance/LatentSync-1.5 auxiliary/<file> "
+                    "--local-dir checkpoints")
+BUFFALO_SOURCE = ("unzip buffalo_l.zip of the insightface model zoo (github.com/deepinsight/"
+                  "insightface/releases) into that folder")
 
 
 @dataclass
@@ -148,14 +150,15 @@ class MediaPipeDetector(FaceDetector):
             self._mesh = None
 
 
-def _require(package: str, install: str, files: list[Path], purpose: str) -> None:
+def _require(package: str, install: str, files: list[Path], purpose: str,
+             source: str = AUXILIARY_SOURCE) -> None:
     """Raise one UserError naming every missing package and weight file of a backend."""
     problems = []
     if importlib.util.find_spec(package) is None:
         problems.append(f"Python package '{package}' is not installed ({install})")
     missing = [str(f) for f in files if not f.exists()]
     if missing:
-        problems.append(f"missing {', '.join(missing)} (get it with {AUXILIARY_SOURCE})")
+        problems.append(f"missing {', '.join(missing)} ({source})")
     if problems:
         raise UserError(f"{missing[0] if missing else package}: {purpose} needs: "
                         + "; ".join(problems))
@@ -178,7 +181,7 @@ class InsightFaceDetector(FaceDetector):
     def __init__(self, checkpoints_dir: str | Path = "checkpoints", device=None):
         root = Path(checkpoints_dir) / "auxiliary"
         _require("insightface", "pip install insightface onnxruntime",
-                 [root / "models" / "buffalo_l"], "--face_detector insightface")
+                 [root / "models" / "buffalo_l"], "--face_detector insightface", BUFFALO_SOURCE)
         from insightface.app import FaceAnalysis
 
         kind, index = _device_type(device)

@@ -1,0 +1,306 @@
+"""Training samples for SyncNet: a face clip, a mel window and an in-sync / off-sync label (SPEC 8).
+
+One sample: pick a clip at random; a start frame s and a different start w; the mel window of
+the frames starting at s (SPEC 2.4); then with probability 1/2 the frames starting at s (label
+1, in sync) or the frames starting at w (label 0, off sync). Frames are resized to the training
+resolution (a no-op on data-pipeline output, which is already aligned at 256 px), scaled to
+[-1, 1], stacked frame-major on the channels and cut to their lower half if configured:
+
+    frames [3F, res/2 or res, res] float32   mel [1, 80, ceil(F*80/fps)] float32   label float32
+
+Every draw comes from a `random.Random` keyed by (seed, epoch, index), never from the global
+RNGs, so a sample depends only on its index: validation sets are reproducible and a resumed
+training run sees exactly the batches an uninterrupted run would, with any number of workers.
+
+Differences from the reference (SPEC 12.1 items 8 and 12): the mel cache is keyed by the file's
+path, size and modification time plus the mel settings (not by the basename) and written
+atomically; a broken clip is logged and another one drawn, and after `max_consecutive_failures`
+failures in a row the dataset raises instead of retrying forever; s is drawn only among the
+starts whose mel window fits, instead of redrawing the whole sample when the audio is short.
+"""
+
+import hashlib
+import logging
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import av
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from latentsync.audio import load_audio, mel_window, mel_window_length, syncnet_melspectrogram
+from latentsync.errors import UserError
+from latentsync.video import count_frames, read_frames
+
+logger = logging.getLogger(__name__)
+
+VIDEO_SUFFIX = ".mp4"
+MEL_CACHE_VERSION = 1  # bump when the mel computation changes (invalidates cached files)
+MEL_BANDS = 80
+MAX_CONSECUTIVE_FAILURES = 50
+CLIP_ERRORS = (UserError, OSError, ValueError, IndexError, RuntimeError, EOFError, av.FFmpegError)
+
+
+# --------------------------------------------------------------------------------------------
+# file lists
+
+
+def read_file_list(list_path: str | os.PathLike) -> list[str]:
+    """Video paths of a file list: one per line; blank lines and '#' comments skipped.
+
+    Relative paths are taken relative to the list's folder.
+    """
+    list_path = Path(list_path)
+    if not list_path.is_file():
+        raise UserError(f"{list_path}: file list not found")
+    try:
+        lines = list_path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{list_path}: cannot read the file list ({e})") from None
+    paths = []
+    for line in lines:
+        line = line.strip()
+        if line and not line.startswith("#"):
+            path = Path(line)
+            paths.append(str(path if path.is_absolute() else list_path.parent / path))
+    if not paths:
+        raise UserError(f"{list_path}: the file list names no videos")
+    return paths
+
+
+def find_videos(data_dir: str | os.PathLike) -> list[str]:
+    """All `.mp4` files under `data_dir` (recursive), sorted so the order is reproducible."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise UserError(f"{data_dir}: data folder not found")
+    paths = sorted(str(p) for p in data_dir.rglob(f"*{VIDEO_SUFFIX}") if p.is_file())
+    if not paths:
+        raise UserError(f"{data_dir}: no {VIDEO_SUFFIX} files in this folder")
+    return paths
+
+
+def resolve_videos(source) -> list[str]:
+    """Video paths from a list of paths, a file-list file or a data folder."""
+    if isinstance(source, (str, os.PathLike)):
+        if not str(source):
+            raise UserError("no training data: set data.train_fileslist or data.train_data_dir")
+        return find_videos(source) if Path(source).is_dir() else read_file_list(source)
+    paths = [str(p) for p in source]
+    if not paths:
+        raise UserError("no videos given to the dataset")
+    return paths
+
+
+def videos_from_config(fileslist: str | None, data_dir: str | None, what: str = "train") -> list[str] | None:
+    """Paths named by `data.<what>_fileslist` (preferred) or `data.<what>_data_dir`; None if neither is set."""
+    if fileslist:
+        return read_file_list(fileslist)
+    if data_dir:
+        return find_videos(data_dir)
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+
+
+def sample_rng(seed: int, epoch: int, index: int) -> random.Random:
+    """A private RNG for one sample, the same in every process and Python version."""
+    digest = hashlib.sha256(f"syncnet-sample/{seed}/{epoch}/{index}".encode()).digest()
+    return random.Random(int.from_bytes(digest[:8], "little"))
+
+
+def frames_to_tensor(frames: np.ndarray, resolution: int, lower_half: bool) -> torch.Tensor:
+    """uint8 RGB `[F, H, W, 3]` -> float `[3F, res/2 or res, res]` in [-1, 1], frame-major channels.
+
+    Resizes with bicubic + antialias only when the frames are not already res x res.
+    """
+    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()  # [F, 3, H, W]
+    if x.shape[-2:] != (resolution, resolution):
+        x = F.interpolate(x, size=(resolution, resolution), mode="bicubic", antialias=True, align_corners=False)
+        x = x.clamp(0.0, 255.0).round()  # as if resized in uint8
+    x = x / 127.5 - 1.0
+    if lower_half:
+        x = x[:, :, resolution // 2:, :]
+    return x.reshape(-1, *x.shape[2:])  # channel index = 3 * frame + colour
+
+
+# --------------------------------------------------------------------------------------------
+# mel cache
+
+
+class MelCache:
+    """SyncNet mel spectrograms `[80, T]` (float32) of clips, cached on disk when a folder is given.
+
+    The key hashes the absolute path, size, modification time and the mel settings, so an edited
+    or replaced clip is recomputed and clips with equal names in different folders never collide.
+    """
+
+    def __init__(self, cache_dir: str | os.PathLike | None, sample_rate: int = 16000):
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.sample_rate = sample_rate
+
+    def key(self, path: str) -> str:
+        stat = os.stat(path)
+        text = f"v{MEL_CACHE_VERSION}|{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}|sr{self.sample_rate}"
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def get(self, path: str) -> np.ndarray:
+        if self.cache_dir is None:
+            return self.compute(path)
+        cache_path = self.cache_dir / f"{self.key(path)}.npy"
+        mel = self.read(cache_path)
+        if mel is None:
+            mel = self.compute(path)
+            self.write(cache_path, mel)
+        return mel
+
+    def compute(self, path: str) -> np.ndarray:
+        return syncnet_melspectrogram(load_audio(path, self.sample_rate)).astype(np.float32)
+
+    @staticmethod
+    def read(cache_path: Path) -> np.ndarray | None:
+        """The cached mel, or None if absent; an unreadable file is reported and recomputed."""
+        if not cache_path.is_file():
+            return None
+        try:
+            mel = np.load(cache_path, allow_pickle=False)
+            if mel.ndim != 2 or mel.shape[0] != MEL_BANDS or mel.dtype != np.float32:
+                raise ValueError(f"unexpected array {mel.dtype} {mel.shape}")
+        except (OSError, ValueError, EOFError) as e:
+            logger.warning("%s: ignoring unreadable mel cache file (%s)", cache_path, e)
+            return None
+        return mel
+
+    @staticmethod
+    def write(cache_path: Path, mel: np.ndarray) -> None:
+        """Save under a temporary name and rename, so concurrent readers never see half a file."""
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=cache_path.parent, prefix=cache_path.stem, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.save(f, mel, allow_pickle=False)
+            os.replace(tmp, cache_path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+# --------------------------------------------------------------------------------------------
+# dataset
+
+
+class SyncNetDataset(torch.utils.data.Dataset):
+    """In-sync / off-sync (frames, mel) pairs drawn from talking-face clips (SPEC 8).
+
+    `source`: a list of video paths, a file-list file (one path per line) or a folder searched
+    recursively for `.mp4`. The clip is drawn at random for every sample (the index only keys
+    the RNG), so `length` is just how many samples one pass yields (default: number of clips).
+    `cache_frames` keeps every decoded, resized clip in memory: for small data sets only.
+    """
+
+    def __init__(self, source, num_frames: int = 16, resolution: int = 256, lower_half: bool = True,
+                 mel_cache_dir: str | os.PathLike | None = None, seed: int = 42, fps: float = 25,
+                 sample_rate: int = 16000, length: int | None = None, cache_frames: bool = False,
+                 max_consecutive_failures: int = MAX_CONSECUTIVE_FAILURES):
+        self.paths = resolve_videos(source)
+        self.num_frames = int(num_frames)
+        self.resolution = int(resolution)
+        self.lower_half = bool(lower_half)
+        self.seed = int(seed)
+        self.fps = fps
+        self.length = len(self.paths) if length is None else int(length)
+        self.mel_length = mel_window_length(self.num_frames, fps)
+        self.mels = MelCache(mel_cache_dir, sample_rate)
+        self.cache_frames = cache_frames
+        self.max_consecutive_failures = max_consecutive_failures
+        self.epoch = 0
+        self._num_frames: dict[str, int] = {}  # per-process memo of clip lengths
+        self._clips: dict[str, np.ndarray] = {}  # decoded clips when cache_frames
+        self._mel_memo: dict[str, np.ndarray] = {}  # mels when cache_frames
+        self._reported: set[str] = set()
+
+    def __len__(self) -> int:
+        return self.length
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw a different (but again reproducible) set of samples for another pass."""
+        self.epoch = int(epoch)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        rng = sample_rng(self.seed, self.epoch, int(index))
+        last_error = ""
+        for _ in range(self.max_consecutive_failures):
+            path = rng.choice(self.paths)
+            try:
+                sample = self.sample_clip(path, rng)
+            except CLIP_ERRORS as e:
+                sample, reason = None, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            else:
+                reason = "too short for two windows of frames with audio"
+            if sample is not None:
+                return sample
+            last_error = f"{path}: {reason}"
+            self.report_skip(path, reason)
+        raise UserError(f"{self.max_consecutive_failures} clips in a row could not be used "
+                        f"(check the data list); last: {last_error}")
+
+    def report_skip(self, path: str, reason: str) -> None:
+        """One warning per broken clip and process (later skips of it are debug messages)."""
+        level = logging.DEBUG if path in self._reported else logging.WARNING
+        self._reported.add(path)
+        logger.log(level, "skipping clip %s (%s); drawing another one", path, reason)
+
+    def sample_clip(self, path: str, rng: random.Random) -> dict[str, torch.Tensor] | None:
+        """One sample from `path`, or None when the clip is too short."""
+        num_frames = self.clip_length(path)
+        mel = self.clip_mel(path)
+        F_ = self.num_frames
+        if num_frames < 2 * F_:
+            return None
+        # starts whose F frames exist and whose mel window fits in the audio
+        last_start = num_frames - F_
+        while last_start >= 0 and mel_window(mel, last_start, F_, self.fps) is None:
+            last_start -= 1
+        if last_start < 0:
+            return None
+        start = rng.randint(0, last_start)
+        wrong = rng.randint(0, num_frames - F_ - 1)
+        wrong += wrong >= start  # uniform over [0, N-F] without s
+        in_sync = rng.random() < 0.5
+        frames = self.clip_frames(path, start if in_sync else wrong)
+        audio = mel_window(mel, start, F_, self.fps)
+        return {
+            "frames": frames_to_tensor(frames, self.resolution, self.lower_half),
+            "mel": torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))[None],
+            "label": torch.tensor(1.0 if in_sync else 0.0),
+        }
+
+    def clip_length(self, path: str) -> int:
+        if path not in self._num_frames:
+            self._num_frames[path] = count_frames(path, self.fps)
+        return self._num_frames[path]
+
+    def clip_mel(self, path: str) -> np.ndarray:
+        if not self.cache_frames:
+            return self.mels.get(path)
+        if path not in self._mel_memo:
+            self._mel_memo[path] = self.mels.get(path)
+        return self._mel_memo[path]
+
+    def clip_frames(self, path: str, start: int) -> np.ndarray:
+        """uint8 frames start .. start+F-1 (resized to the training size when cached in memory)."""
+        if not self.cache_frames:
+            return read_frames(path, start, self.num_frames, fps=self.fps)
+        if path not in self._clips:
+            frames = read_frames(path, 0, self.clip_length(path), fps=self.fps)
+            if frames.shape[1:3] != (self.resolution, self.resolution):
+                x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
+                x = F.interpolate(x, size=(self.resolution,) * 2, mode="bicubic", antialias=True, align_corners=False)
+                frames = x.clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+            self._clips[path] = frames
+        return self._clips[path][start:start + self.num_frames]

@@ -1,0 +1,53 @@
+"""FVD between the face clips of a folder of real and a folder of generated videos (SPEC 10.3).
+
+    python -m scripts.eval_fvd --real_videos_dir real/ --fake_videos_dir fake/
+"""
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from latentsync.device import pick_device
+from latentsync.errors import EXIT_USER_ERROR, UserError
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--real_videos_dir", required=True)
+    parser.add_argument("--fake_videos_dir", required=True)
+    parser.add_argument("--i3d_path", default="checkpoints/auxiliary/i3d_torchscript.pt",
+                        help="TorchScript I3D (StyleGAN-V release)")
+    parser.add_argument("--device", default="cpu", help="device for I3D (the reference uses the CPU)")
+    parser.add_argument("--face_detector", default="mediapipe", help="face detector backend")
+    return parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> float:
+    from latentsync.eval import fvd
+    from latentsync.eval.syncnet_v2 import make_detector
+
+    for folder in (args.real_videos_dir, args.fake_videos_dir):
+        if not Path(folder).is_dir():
+            raise UserError(f"{folder}: not a directory")
+    device = pick_device(args.device)
+    model = fvd.load_i3d(args.i3d_path, device)
+    detector = make_detector(args.face_detector)
+    value = fvd.compute_fvd(args.real_videos_dir, args.fake_videos_dir, model, detector, device)
+    print(f"FVD: {value:.4f}")
+    return value
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = parse_args(argv)
+    try:
+        run(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
