@@ -13,13 +13,17 @@ ffmpeg with unquoted strings (SPEC 3.1, 5.3 steps 9-10, 12.1 items 3-5 and 10). 
   pipeline.
 
 Frame-rate conversion rule (identical to ffmpeg's `fps` filter with its default rounding, which
-is what `resample_video` runs): with times measured from the first video frame, source frame i
-covers the output slots from `round(t_i * fps)` (halves round up) to the next frame's slot;
-output frame k (time k / fps) therefore shows the latest source frame whose time is at most
-(k + 1/2) / fps. The clip ends at the last frame's time plus its duration, giving
-`round(end * fps)` output frames (2 s at any source rate -> 50 frames at 25 fps). Frames are
-duplicated or dropped, never blended. Note that `ffmpeg -r` alone differs: it lets the output
-drift up to 1.1 frames and then emits a couple of extra frames (52 instead of 50 for 2 s 30->25).
+is what `resample_video` runs; checked against it in the tests, also for variable frame rates):
+with times t_i measured from the file's start time (the earliest stream start, as the ffmpeg
+command line does), source frame i covers the output slots from `round(t_i * fps)` (halves round
+up) to the next frame's slot, so output frame k (time k / fps) shows the latest source frame
+with t_i <= (k + 1/2) / fps. Frames covering no slot are dropped, frames covering several are
+repeated, nothing is blended. A video starting after its audio begins with repeats of its first
+shown frame (keeps A/V sync). The clip ends at the last packet's time plus its duration, giving
+`round(end * fps)` output frames (2 s at any source rate -> 50 frames at 25 fps). A frame the
+decoder rejects (damaged file) is covered by the previous good one, so with an `fps` the number
+of frames is always `count_frames(path, fps)`. Note that plain `ffmpeg -r` differs: it lets
+the output drift up to 1.1 frames and then adds frames (52 instead of 50 for 2 s at 30 -> 25).
 """
 
 import math
@@ -43,6 +47,7 @@ PathLike = Union[str, os.PathLike]
 DEFAULT_FPS = 25.0
 DEFAULT_CHUNK_SIZE = 16  # frames per yielded chunk (one UNet segment)
 DEFAULT_CRF = 18
+COLOR_SPACE = "bt709"  # written videos are converted with and tagged as BT.709 (HD standard)
 AUDIO_BITRATE = "192k"  # AAC bitrate for muxed output audio
 DATA_AUDIO_RATE = 16000  # data pipeline audio: 16 kHz mono
 FPS_MAX_DENOMINATOR = 1001000  # float fps -> exact fraction (29.97, 30000/1001, 12.5 ...)
@@ -97,12 +102,22 @@ def _av_reason(error: Exception) -> str:
 
 
 def _decoded_frames(container, stream, path: str) -> Iterator[av.VideoFrame]:
-    """Decode the video stream, turning decoder failures into a UserError naming the file."""
+    """Decode the video stream. Like the ffmpeg command line, a packet the decoder rejects
+    (damaged or cut-off data) is skipped; a stream of which nothing decodes is a UserError."""
+    decoded, failure = 0, None
     try:
-        for frame in container.decode(stream):
-            yield frame
-    except av.error.FFmpegError as e:
-        raise UserError(f"{path}: cannot decode the video ({_av_reason(e)})") from None
+        for packet in container.demux(stream):
+            try:
+                frames = packet.decode()
+            except av.error.FFmpegError as e:
+                failure = e
+                continue
+            decoded += len(frames)
+            yield from frames
+    except av.error.FFmpegError as e:  # the demuxer itself gave up: keep what was decoded
+        failure = e
+    if decoded == 0 and failure is not None:
+        raise UserError(f"{path}: cannot decode the video ({_av_reason(failure)})")
 
 
 def _rotation(frame: av.VideoFrame) -> int:
@@ -140,31 +155,39 @@ def _default_frame_duration(stream) -> Fraction:
 
 
 class _Resampler:
-    """Maps a stream of (item, time) in presentation order to constant-rate output slots."""
+    """Maps items with times (presentation order) to constant-rate output slots.
+
+    Each item covers the slots from its own slot to the next item's slot. An item whose range is
+    empty is dropped. Slots before the first covering item (a video starting after the file's
+    start) repeat that item, as ffmpeg's fps filter does.
+    """
 
     def __init__(self, fps: Fraction):
         self.fps = fps
-        self.next_slot = 0
+        self.next_slot = 0  # first output slot not yet emitted
         self.pending = None  # item waiting for the next item's time to know how often it shows
         self.pending_slot = 0
 
+    def _emit_until(self, until: int) -> List:
+        if self.pending is None or until <= self.pending_slot:
+            return []
+        out = [self.pending] * (until - self.next_slot)
+        self.next_slot = until
+        return out
+
     def push(self, item, seconds: Fraction) -> List:
         """Add an item at `seconds`; return the items to output now (in order, with repeats)."""
-        slot = max(_slot(seconds, self.fps), self.pending_slot)  # tolerate non-monotonic times
-        out = []
+        slot = _slot(seconds, self.fps)
         if self.pending is not None:
-            out = [self.pending] * max(0, slot - self.next_slot)
-            self.next_slot = max(self.next_slot, slot)
+            slot = max(slot, self.pending_slot)  # tolerate non-monotonic times
+        out = self._emit_until(slot)
         self.pending, self.pending_slot = item, slot
         return out
 
     def finish(self, end_seconds: Fraction) -> List:
-        """Flush the last item up to the clip end."""
-        if self.pending is None:
-            return []
-        last = _slot(end_seconds, self.fps)
-        out = [self.pending] * max(0, last - self.next_slot)
-        self.next_slot = max(self.next_slot, last)
+        """Flush the last item up to the clip end (at least one output frame overall)."""
+        until = max(_slot(end_seconds, self.fps), self.pending_slot + (self.next_slot == 0))
+        out = self._emit_until(until)
         self.pending = None
         return out
 
@@ -186,8 +209,8 @@ def _time_origin(container, stream) -> Optional[Fraction]:
     return origin
 
 
-def _frame_times(frames, stream, origin) -> Iterator[Tuple[av.VideoFrame, Fraction, Fraction]]:
-    """Yield (frame, seconds since `origin` (None: the first frame), frame duration)."""
+def _frame_times(frames, stream, origin) -> Iterator[Tuple[av.VideoFrame, Fraction]]:
+    """Yield (frame, seconds since `origin`); origin None means the first frame's time."""
     time_base = Fraction(stream.time_base) if stream.time_base else None
     default = _default_frame_duration(stream)
     previous = None
@@ -198,10 +221,8 @@ def _frame_times(frames, stream, origin) -> Iterator[Tuple[av.VideoFrame, Fracti
             seconds = t - origin
         else:  # no timestamp: assume the average rate
             seconds = Fraction(0) if previous is None else previous + default
-            origin = Fraction(0) if origin is None else origin
-        duration = frame.duration * time_base if frame.duration and time_base else default
         previous = seconds
-        yield frame, seconds, duration
+        yield frame, seconds
 
 
 def probe_video(path: PathLike) -> VideoInfo:
@@ -324,17 +345,18 @@ def _iter_rgb(path: str, fps: Optional[float]) -> Iterator[np.ndarray]:
     """Single RGB frames at the output rate; a repeated source frame is converted once and
     dropped source frames are never converted."""
     resampler = _Resampler(_as_fraction(fps)) if fps is not None else None
+    # the clip end comes from the packet index, so damaged frames (repeated from the last good
+    # one) never change the number of output frames: it is always count_frames(path, fps)
+    end = _packet_times(path)[1] if resampler else None
     container, stream = _open(path)
     with container:
         rotation = size = None
-        end = Fraction(0)
         shown, rgb = None, None
         frames = _decoded_frames(container, stream, path)
         origin = _time_origin(container, stream)
-        for frame, seconds, duration in _frame_times(frames, stream, origin):
+        for frame, seconds in _frame_times(frames, stream, origin):
             if size is None:
                 rotation, size = _rotation(frame), (frame.width, frame.height)
-            end = seconds + duration
             for out in resampler.push(frame, seconds) if resampler else [frame]:
                 if out is not shown:
                     shown, rgb = out, _to_rgb(out, rotation, size)
@@ -378,7 +400,7 @@ def _decode_times(path: str, wanted: set, first: Fraction) -> Optional[dict]:
     found = {}
     with container:
         try:
-            first_frame = next(container.decode(stream))  # fixes rotation and size
+            first_frame = next(_decoded_frames(container, stream, path))  # rotation, size
             origin = _time_origin(container, stream)
             if origin is None:
                 origin = first_frame.pts * time_base
@@ -386,15 +408,16 @@ def _decode_times(path: str, wanted: set, first: Fraction) -> Optional[dict]:
             container.seek(
                 math.floor((origin + first) / time_base), stream=stream, backward=True
             )
-            for frame in container.decode(stream):
+            last = max(wanted)
+            for frame in _decoded_frames(container, stream, path):
                 if frame.pts is None:
                     return None
                 seconds = frame.pts * time_base - origin
                 if seconds in wanted and seconds not in found:
                     found[seconds] = _to_rgb(frame, rotation, size)
-                if seconds >= max(wanted):
+                if seconds >= last:
                     break
-        except (StopIteration, TypeError, av.error.FFmpegError):
+        except (StopIteration, TypeError, UserError, av.error.FFmpegError):
             return None
     return found if len(found) == len(wanted) else None
 
@@ -464,7 +487,8 @@ class VideoWriter:
     Frames go to a temporary file next to `out_path`, which is renamed to `out_path` only when
     `close()` succeeds; leaving a `with` block by an exception deletes it. H.264 in yuv420p
     needs even sizes, so an odd width/height is padded by one pixel replicating the last
-    column/row (`self.out_width`, `self.out_height` give the encoded size).
+    column/row (`self.out_width`, `self.out_height` give the encoded size). Colours are
+    converted with the BT.709 matrix and tagged so, which players and PyAV honour.
     """
 
     def __init__(
@@ -482,9 +506,11 @@ class VideoWriter:
         command = [
             ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y",
             "-f", "rawvideo", "-pix_fmt", "rgb24",
-            "-s", f"{self.out_width}x{self.out_height}", "-framerate", repr(float(fps)),
+            "-s", f"{self.out_width}x{self.out_height}", "-framerate", str(_as_fraction(fps)),
             "-i", "pipe:0",
-            "-an", "-c:v", "libx264", "-crf", str(crf), "-pix_fmt", "yuv420p",
+            "-an", "-vf", f"scale=out_color_matrix={COLOR_SPACE}:out_range=tv",
+            "-colorspace", COLOR_SPACE, "-color_primaries", COLOR_SPACE, "-color_trc", COLOR_SPACE,
+            "-c:v", "libx264", "-crf", str(crf), "-pix_fmt", "yuv420p",
             "-movflags", "+faststart", "-f", "mp4", str(self.temp_path),
         ]  # fmt: skip
         try:
@@ -512,7 +538,7 @@ class VideoWriter:
             pad = ((0, 0), (0, self.out_height - self.height), (0, self.out_width - self.width))
             frames = np.pad(frames, pad + ((0, 0),), mode="edge")
         try:
-            self._process.stdin.write(np.ascontiguousarray(frames).tobytes())
+            self._process.stdin.write(np.ascontiguousarray(frames).data)  # no extra copy
         except (BrokenPipeError, OSError):
             self._process.wait()
             message = self._stderr_tail()
@@ -597,6 +623,8 @@ def mux_audio(
 
     The video is not shortened; the audio is only cut (never padded). Temp name + rename.
     """
+    if duration is not None and not duration > 0:
+        raise ValueError(f"duration must be positive, got {duration!r}")
     video_path = _require_stream(video_path, "video")
     audio_path = _require_stream(audio_path, "audio")
     cut = ["-t", f"{duration:.6f}"] if duration is not None else []

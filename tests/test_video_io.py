@@ -30,7 +30,8 @@ def need(path: Path) -> Path:
 
 
 def ffmpeg(*args) -> None:
-    subprocess.run([FFMPEG, "-hide_banner", "-loglevel", "error", "-y", *map(str, args)], check=True)
+    command = [FFMPEG, "-hide_banner", "-loglevel", "error", "-y", *map(str, args)]
+    subprocess.run(command, check=True)
 
 
 def ffmpeg_rgb(path: Path, width: int, height: int, *filters, frames: int = 0) -> np.ndarray:
@@ -57,8 +58,9 @@ def levels(frames: np.ndarray) -> list:
 
 @pytest.fixture(scope="module")
 def media(tmp_path_factory):
-    """Small generated clips: 64x48 testsrc 30 fps 2 s with 440 Hz audio, a frame-index clip,
-    and an audio-only file."""
+    """Small generated clips: 64x48 testsrc 30 fps 2 s with 440 Hz audio; 16x16 frame-index
+    clips (frame i is gray i * LEVEL_STEP) at constant 30 fps, variable rate, and HEVC starting
+    after its audio; an audio-only file."""
     root = tmp_path_factory.mktemp("media")
     clip = root / "land30.mp4"
     ffmpeg(
@@ -75,9 +77,24 @@ def media(tmp_path_factory):
         input=frames.tobytes(),
         check=True,
     )  # fmt: skip
+    jitter = root / "jitter.mp4"  # variable frame rate: frames 0, 45, 90, 100, 145 ... ms
+    ffmpeg(
+        "-i", index, "-vf", "setpts='(N/30+0.012*mod(N\\,3))/TB'", "-fps_mode", "vfr",
+        "-enc_time_base:v", "1/600", "-video_track_timescale", "600",
+        "-c:v", "libx264", "-qp", "0", "-pix_fmt", "yuv444p", jitter,
+    )  # fmt: skip
+    late = root / "late_hevc.mp4"  # HEVC video starting 0.3 s after its audio
+    ffmpeg(
+        "-i", index, "-f", "lavfi", "-i", "sine=d=2.5", "-vf", "setpts=PTS+0.3/TB",
+        "-c:v", "libx265", "-x265-params", "lossless=1:log-level=error", "-pix_fmt", "yuv444p",
+        "-c:a", "aac", late,
+    )  # fmt: skip
     audio_only = root / "tone.m4a"
     ffmpeg("-f", "lavfi", "-i", "sine=f=440:d=1", "-c:a", "aac", audio_only)
-    return {"clip": clip, "index": index, "audio_only": audio_only, "root": root}
+    return {
+        "clip": clip, "index": index, "jitter": jitter, "late": late,
+        "audio_only": audio_only, "root": root,
+    }  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------
@@ -116,12 +133,20 @@ def test_resample_30_to_25(media):
 
 
 @pytest.mark.parametrize("fps", [25, 24, 50, 12, 29.97, 7])
-def test_resampling_picks_the_same_frames_as_ffmpeg_fps_filter(media, fps):
-    index = media["index"]
-    ours = levels(all_frames(index, fps=fps, chunk_size=5))
-    theirs = levels(ffmpeg_rgb(index, 16, 16, f"fps={fps}"))
+@pytest.mark.parametrize("kind", ["index", "jitter", "late"])
+def test_resampling_picks_the_same_frames_as_ffmpeg_fps_filter(media, fps, kind):
+    path = media[kind]
+    ours = levels(all_frames(path, fps=fps, chunk_size=5))
+    theirs = levels(ffmpeg_rgb(path, 16, 16, f"fps={fps}"))
     assert ours == theirs
-    assert video.count_frames(index, fps=fps) == len(ours)
+    assert video.count_frames(path, fps=fps) == len(ours)
+
+
+def test_video_starting_after_its_audio_stays_in_sync(media):
+    frames = levels(all_frames(media["late"], fps=25))
+    assert len(frames) == 58  # 0.3 s lead-in + 2 s of video
+    assert frames[:8] == [frames[8]] * 8  # the lead-in repeats the first shown frame
+    assert video.count_frames(media["late"], fps=None) == 60
 
 
 def test_downsampling_drops_and_upsampling_repeats(media):
@@ -146,13 +171,30 @@ def test_rotation_metadata_gives_display_orientation(media, tmp_path, rotation):
 
 
 def test_read_frames_matches_streaming(media):
-    for path, fps in [(media["index"], 25), (media["index"], None), (media["clip"], 25)]:
+    cases = [("index", 25), ("index", None), ("clip", 25), ("jitter", 24), ("late", 25)]
+    for kind, fps in cases:
+        path = media[kind]
         everything = all_frames(path, fps=fps)
         for start, count in [(0, 3), (17, 9), (len(everything) - 4, 4)]:
             part = video.read_frames(path, start, count, fps=fps)
-            assert np.array_equal(part, everything[start : start + count]), (path, fps, start)
+            assert np.array_equal(part, everything[start : start + count]), (kind, fps, start)
     with pytest.raises(IndexError):
         video.read_frames(media["index"], 48, 5, fps=25)
+
+
+def test_damaged_tail_keeps_the_promised_frame_count(tmp_path):
+    whole = tmp_path / "whole.mp4"  # index at the front, so a cut file still opens
+    ffmpeg(
+        "-f", "lavfi", "-i", "testsrc=size=160x120:rate=25:duration=4",
+        "-c:v", "libx264", "-movflags", "+faststart", whole,
+    )  # fmt: skip
+    cut = tmp_path / "cut.mp4"
+    data = whole.read_bytes()
+    cut.write_bytes(data[: len(data) * 6 // 10])
+    expected = video.count_frames(cut, fps=25)
+    assert 10 < expected < 100
+    assert len(all_frames(cut, fps=25)) == expected
+    assert 0 < len(all_frames(cut, fps=None)) <= video.count_frames(cut, fps=None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -181,6 +223,18 @@ def test_writer_round_trip_odd_size(tmp_path):
     assert diff.mean() < 3.0
     # the padding replicates the edge instead of adding a black line
     assert np.abs(back[:, 49, :65].astype(int) - frames[:, 48]).mean() < 6.0
+
+
+def test_writer_keeps_saturated_colours(tmp_path):
+    colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (200, 150, 120), (30, 200, 220)]
+    frames = np.stack([np.full((32, 32, 3), c, np.uint8) for c in colours])
+    with video.VideoWriter(tmp_path / "c.mp4", fps=30000 / 1001, width=32, height=32) as writer:
+        writer.write(frames)
+    back = all_frames(tmp_path / "c.mp4", fps=None)
+    assert np.abs(back.astype(int) - frames).mean(axis=(1, 2, 3)).max() < 2.5
+    cli = ffmpeg_rgb(tmp_path / "c.mp4", 32, 32)  # the colour tags make other decoders agree
+    assert np.abs(cli.astype(int) - back).max() <= 1
+    assert video.probe_video(tmp_path / "c.mp4").fps == pytest.approx(29.97, abs=0.01)
 
 
 def test_writer_exception_leaves_no_file(tmp_path):

@@ -37,7 +37,7 @@ INCEPTION_PATH = "checkpoints/auxiliary/inception_v3_google-0cc3c7bd.pth"
 INCEPTION_SOURCE = ("torchvision's Inception v3 ImageNet weights, file inception_v3_google-0cc3c7bd.pth "
                     "(download.pytorch.org/models/); pass its path with --inception_path")
 INCEPTION_SIZE = 299
-FEATURE_BATCH = 32
+FEATURE_BATCH = 16
 
 FeatureExtractor = Callable[[np.ndarray], np.ndarray]
 
@@ -116,10 +116,10 @@ class InceptionFeatures:
 
     @torch.no_grad()
     def __call__(self, frames: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device, torch.float32)
-        x = x.permute(0, 3, 1, 2).div(255.0)
-        x = torch.nn.functional.interpolate(x, size=(INCEPTION_SIZE, INCEPTION_SIZE),
-                                            mode="bilinear", align_corners=False)
+        """[N, 2048] features of uint8 RGB frames [N, H, W, 3] (resized to 299x299, bilinear)."""
+        small = np.stack([cv2.resize(np.ascontiguousarray(f), (INCEPTION_SIZE, INCEPTION_SIZE),
+                                     interpolation=cv2.INTER_LINEAR) for f in frames])
+        x = torch.from_numpy(small).to(self.device, torch.float32).permute(0, 3, 1, 2).div(255.0)
         return self.model((x - 0.5) / 0.5).double().cpu().numpy()
 
 

@@ -149,7 +149,8 @@ def load_syncnet_v2(path: str | os.PathLike = SYNCNET_V2_PATH, device="cpu") -> 
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling errors have many types
-        raise UserError(f"{path}: not a loadable weights-only torch file ({exc})".splitlines()[0]) from None
+        raise UserError(f"{path}: not a loadable weights-only torch file "
+                        f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
@@ -426,7 +427,8 @@ def sync_confidence(video_path: str | os.PathLike, model: SyncNetV2, detector, d
     if not video_path.is_file():
         raise UserError(f"{video_path}: video file not found")
     wav = read_audio_int16(video_path, SAMPLE_RATE)
-    detector.reset() if hasattr(detector, "reset") else None
+    if hasattr(detector, "reset"):
+        detector.reset()
     boxes, shots = detect_boxes_and_shots(video_path, detector)
     tracks = find_tracks(boxes, shots, options)
     if not tracks:

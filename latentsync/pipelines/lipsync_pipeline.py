@@ -32,7 +32,7 @@ from latentsync.face.mask import DEFAULT_MASK_PATH, load_mask
 from latentsync.face.tracking import FaceTracker
 from latentsync.models.unet import DeepCache
 from latentsync.vad import mute_silence, speech_frames
-from latentsync.video import VideoWriter, iter_frames, mux_audio, probe_video
+from latentsync.video import VideoWriter, count_frames, iter_frames, mux_audio, probe_video
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +41,8 @@ VAE_SHIFT = 0.0
 SAMPLE_RATE = 16000
 FPS = 25.0  # the model's frame rate (audio chunks are built for it)
 SILENCE_MODES = ("mute", "keep", "off")
+SCHEDULER_CONFIG = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                        clip_sample=False, set_alpha_to_one=False, steps_offset=1)  # configs/scheduler_config.json
 TAIL_MODES = ("overlap", "short")
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
@@ -138,6 +140,33 @@ class LipsyncPipeline(DiffusionPipeline):
         self.resolution = resolution
         self.mask = load_mask(mask_path, resolution)
 
+    @classmethod
+    def from_checkpoints(cls, unet_config_path, inference_ckpt_path, whisper_ckpt_path, vae_path,
+                         device=None, dtype=None, face_backend: str = "mediapipe",
+                         checkpoints_dir: str | os.PathLike = "checkpoints") -> "LipsyncPipeline":
+        """Everything inference needs, loaded from files (the CLI, Gradio and training use this)."""
+        from latentsync.audio import AudioEncoder
+        from latentsync.device import pick_device, pick_dtype
+        from latentsync.face.detectors import make_face_detector
+        from latentsync.models.checkpoint import load_unet, model_section
+
+        device = pick_device(device)
+        dtype = dtype if isinstance(dtype, torch.dtype) else pick_dtype(dtype, device)
+        config = _load_yaml(unet_config_path)
+        resolution = int(config.get("data", {}).get("resolution", 256))
+        if resolution % 8:
+            raise UserError(f"{unet_config_path}: data.resolution {resolution} is not divisible by 8")
+        unet = load_unet(unet_config_path, inference_ckpt_path, device=device, dtype=dtype)
+        audio_encoder = AudioEncoder(whisper_ckpt_path, device=device)
+        if audio_encoder.dim != model_section(config).get("cross_attention_dim"):
+            raise UserError(f"{whisper_ckpt_path}: gives {audio_encoder.dim}-d features but {unet_config_path} "
+                            f"has cross_attention_dim {model_section(config).get('cross_attention_dim')}")
+        vae = load_vae(vae_path, device, dtype)
+        mask_path = _resolve_mask(config.get("data", {}).get("mask_image_path"))
+        detector = make_face_detector(face_backend, checkpoints_dir, device)
+        return cls(vae=vae, unet=unet, scheduler=DDIMScheduler(**SCHEDULER_CONFIG), audio_encoder=audio_encoder,
+                   face_detector=detector, resolution=resolution, mask_path=mask_path)
+
     # -- the algorithm -------------------------------------------------------------------------
 
     @torch.no_grad()
@@ -146,7 +175,8 @@ class LipsyncPipeline(DiffusionPipeline):
         opts = options or LipsyncOptions()
         self._check_options(opts)
         output_path = Path(output_path)
-        info = probe_video(video_path)
+        probe_video(video_path)  # a clear error for anything that is not a readable video
+        num_video = count_frames(video_path, FPS)
         wav = load_audio(audio_path)
         num_out = math.ceil(len(wav) * FPS / SAMPLE_RATE)  # the output is exactly as long as the speech
 
@@ -156,11 +186,11 @@ class LipsyncPipeline(DiffusionPipeline):
         features = self.audio_encoder.features(wav)
         rows = chunk_indices(features.shape[0], FPS)
 
-        num_source = min(info.num_frames, num_out)  # frames we need to look at
-        looping = num_out > info.num_frames
+        num_source = min(num_video, num_out)  # frames we need to look at
+        looping = num_out > num_video
         generator = torch.Generator("cpu").manual_seed(opts.seed) if opts.seed is not None else None
         with tempfile.TemporaryDirectory(dir=opts.work_dir, prefix="latentsync-") as tmp:
-            track = self.face_pass(video_path, info.num_frames if looping else num_source, Path(tmp),
+            track = self.face_pass(video_path, num_video if looping else num_source, Path(tmp),
                                    keep_frames=looping, options=opts, progress=progress)
             if track.num_frames == 0:
                 raise UserError(f"{video_path}: the video has no frames")
@@ -355,3 +385,38 @@ class LipsyncPipeline(DiffusionPipeline):
         if self.audio_encoder.dim != self.unet.config.cross_attention_dim:
             raise UserError(f"the Whisper checkpoint gives {self.audio_encoder.dim}-d features but the UNet "
                             f"expects cross_attention_dim {self.unet.config.cross_attention_dim}")
+
+
+def load_vae(vae_path, device, dtype) -> AutoencoderKL:
+    """AutoencoderKL from a local diffusers folder, or a hub id (e.g. stabilityai/sd-vae-ft-mse) when online."""
+    local = Path(vae_path)
+    if not local.exists() and (local.is_absolute() or str(vae_path).count("/") != 1):
+        raise UserError(f"{vae_path}: VAE folder not found (expected a diffusers AutoencoderKL folder "
+                        f"or a hub id such as stabilityai/sd-vae-ft-mse)")
+    try:
+        vae = AutoencoderKL.from_pretrained(str(vae_path))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{vae_path}: cannot load the VAE ({str(exc).splitlines()[0]}); download "
+                        f"stabilityai/sd-vae-ft-mse into checkpoints/sd-vae-ft-mse") from None
+    return torch.nn.Module.to(vae.eval(), device=device, dtype=dtype)
+
+
+def _load_yaml(path) -> dict:
+    from omegaconf import OmegaConf
+
+    if not Path(path).is_file():
+        raise UserError(f"{path}: config file not found")
+    try:
+        return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    except Exception as exc:  # OmegaConf/YAML parse errors of several kinds
+        raise UserError(f"{path}: not a readable YAML config ({str(exc).splitlines()[0]})") from None
+
+
+def _resolve_mask(configured) -> Path:
+    """The configured mask image (relative to the repo or absolute), else the packaged mask.png."""
+    if configured:
+        for candidate in (Path(configured), Path(__file__).resolve().parents[2] / configured):
+            if candidate.is_file():
+                return candidate
+        logger.warning("mask image %s not found; using the packaged mask.png", configured)
+    return DEFAULT_MASK_PATH

@@ -1,0 +1,361 @@
+"""The logic behind the Gradio app (`gradio_app.py`), kept free of Gradio so it can be tested alone.
+
+What it does for one request: check the uploads (size, duration, readable streams, a face at all),
+make a fresh run folder `outputs/gradio/<timestamp>-<uuid>/`, run the same `LipsyncPipeline`
+as `inference.sh` into `out.mp4` there, and report progress as (fraction, description).
+Checkpoints are resolved from one folder, either laid out as `scripts.make_tiny_checkpoints`
+writes it or with the official file names; missing files are listed instead of crashing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import av
+
+from latentsync.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_UNET_CONFIG = REPO / "configs/unet/stage2_512.yaml"
+TINY_UNET_CONFIG = "unet.yaml"  # present only in folders written by scripts.make_tiny_checkpoints
+UNET_CKPT = "latentsync_unet.pt"
+WHISPER_CKPT = "whisper/tiny.pt"
+VAE_DIRS = ("vae", "sd-vae-ft-mse")  # tiny layout, official layout
+VAE_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+SOURCES = {
+    "unet_config": "part of this repository (configs/unet/); pass --unet_config_path to pick another",
+    "unet_ckpt": "https://huggingface.co/ByteDance/LatentSync-1.6 file latentsync_unet.pt",
+    "whisper": "https://huggingface.co/ByteDance/LatentSync-1.6 file whisper/tiny.pt",
+    "vae": "https://huggingface.co/stabilityai/sd-vae-ft-mse (config.json + diffusion_pytorch_model.safetensors)",
+}
+HOW_TO_GET = ("Run `python -m scripts.download_checkpoints` when online, or copy the files by hand "
+              "(see checkpoints/README.md).")
+
+MODEL_FPS = 25.0
+VIDEO_EXTS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
+AUDIO_EXTS = (".wav", ".mp3", ".m4a", ".aac", ".flac", ".ogg", ".opus")
+FACE_SAMPLES = 5  # frames looked at before a run to tell "no face at all"
+PIPELINE_LOGGER = "latentsync.pipelines.lipsync_pipeline"
+# share of the progress bar per pipeline stage; "segments" and "writing" interleave, so the
+# second part follows the frames written (each one after its segment is generated)
+PROGRESS_CHECKS, PROGRESS_FACES = 0.05, 0.25
+
+ProgressFn = Callable[[float, str], None]  # (fraction 0..1, description)
+WarnFn = Callable[[str], None]
+
+
+@dataclass
+class AppSettings:
+    """Everything the command line of gradio_app.py sets."""
+
+    checkpoints_dir: str = str(REPO / "checkpoints")
+    unet_config_path: str | None = None  # None: DIR/unet.yaml if present, else configs/unet/stage2_512.yaml
+    device: str | None = None
+    dtype: str | None = None
+    face_backend: str = "mediapipe"
+    output_dir: str = str(REPO / "outputs/gradio")
+    max_upload_mb: float = 200.0
+    max_duration_s: float = 60.0
+    min_steps: int = 10
+    max_steps: int = 50
+    examples_dir: str | None = None
+
+
+@dataclass
+class CheckpointPaths:
+    unet_config: Path
+    unet_ckpt: Path
+    whisper: Path
+    vae: Path
+
+    def missing(self) -> list[str]:
+        """One line per missing file: its path and where to get it (empty when complete)."""
+        lines = []
+        if not self.unet_config.is_file():
+            lines.append(f"{self.unet_config}: UNet config ({SOURCES['unet_config']})")
+        if not self.unet_ckpt.is_file():
+            lines.append(f"{self.unet_ckpt}: UNet weights ({SOURCES['unet_ckpt']})")
+        if not self.whisper.is_file():
+            lines.append(f"{self.whisper}: Whisper tiny audio encoder ({SOURCES['whisper']})")
+        vae_ok = (self.vae / "config.json").is_file() and any((self.vae / w).is_file() for w in VAE_WEIGHTS)
+        if not vae_ok:
+            lines.append(f"{self.vae}/: VAE folder ({SOURCES['vae']})")
+        return lines
+
+
+def resolve_checkpoints(checkpoints_dir: str | os.PathLike, unet_config_path: str | None = None) -> CheckpointPaths:
+    """Checkpoint files under one folder: the tiny layout (DIR/unet.yaml, DIR/vae/) or the official one."""
+    root = Path(checkpoints_dir)
+    if unet_config_path:
+        config = Path(unet_config_path)
+    elif (root / TINY_UNET_CONFIG).is_file():
+        config = root / TINY_UNET_CONFIG
+    else:
+        config = DEFAULT_UNET_CONFIG
+    vae = next((root / d for d in VAE_DIRS if (root / d).is_dir()), root / VAE_DIRS[1])
+    return CheckpointPaths(config, root / UNET_CKPT, root / WHISPER_CKPT, vae)
+
+
+def find_examples(folder: str | os.PathLike | None) -> list[list[str]]:
+    """[video, audio] pairs from the user's own files in `folder` (no media ships with the app).
+
+    A video pairs with the audio of the same name once `video`/`audio` words are dropped
+    (demo1_video.mp4 + demo1_audio.wav); leftovers pair up in sorted order.
+    """
+    if not folder or not Path(folder).is_dir():
+        return []
+    files = sorted(p for p in Path(folder).iterdir() if p.is_file())
+    videos = [p for p in files if p.suffix.lower() in VIDEO_EXTS]
+    audios = [p for p in files if p.suffix.lower() in AUDIO_EXTS]
+
+    def key(p: Path) -> str:
+        return p.stem.lower().replace("video", "").replace("audio", "").strip("_- .")
+
+    pairs, unpaired = [], []
+    for video in videos:
+        match = next((a for a in audios if key(a) == key(video)), None)
+        if match is None:
+            unpaired.append(video)
+        else:
+            audios.remove(match)
+            pairs.append([str(video), str(match)])
+    pairs += [[str(v), str(a)] for v, a in zip(unpaired, audios)]
+    return pairs
+
+
+def new_run_dir(root: str | os.PathLike) -> Path:
+    """A fresh folder `<root>/<YYYYmmdd-HHMMSS>-<uuid>`; never re-uses an existing one."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    while True:
+        path = root / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:12]}"
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:  # astronomically unlikely; draw another id
+            continue
+
+
+def check_size(path: str, what: str, max_mb: float) -> None:
+    size_mb = os.path.getsize(path) / 1e6
+    if size_mb > max_mb:
+        raise UserError(f"{Path(path).name}: the {what} is {size_mb:.1f} MB; this app accepts up to {max_mb:g} MB")
+
+
+def check_video(path: str | None, max_mb: float, max_duration_s: float):
+    """Probe the uploaded video (VideoInfo) or raise a UserError saying what is wrong with it."""
+    from latentsync.video import probe_video
+
+    if not path:
+        raise UserError("no video: upload a video of the speaker first")
+    check_size(path, "video", max_mb)
+    info = probe_video(path)
+    if info.num_frames == 0:
+        raise UserError(f"{path}: the video has no frames")
+    if info.duration > max_duration_s:
+        raise UserError(f"{path}: the video is {info.duration:.1f} s long; this app accepts up to "
+                        f"{max_duration_s:g} s")
+    return info
+
+
+def check_audio(path: str | None, max_mb: float, max_duration_s: float) -> float:
+    """Duration in seconds of the uploaded/recorded speech, or a UserError saying what is wrong."""
+    if not path:
+        raise UserError("no audio: upload or record the speech to dub first")
+    check_size(path, "audio", max_mb)
+    try:
+        container = av.open(path)
+    except av.FFmpegError as e:
+        raise UserError(f"{path}: not a readable audio file ({getattr(e, 'strerror', None) or e})") from None
+    with container:
+        if not container.streams.audio:
+            raise UserError(f"{path}: contains no audio stream")
+        stream = container.streams.audio[0]
+        if stream.duration is not None and stream.time_base:
+            duration = float(stream.duration * stream.time_base)
+        elif container.duration is not None:
+            duration = container.duration / av.time_base
+        else:
+            duration = None
+    if duration is None:  # some containers (raw streams) carry no duration: decode to know
+        from latentsync.audio import SAMPLE_RATE, load_audio
+
+        duration = len(load_audio(path)) / SAMPLE_RATE
+    if duration <= 0:
+        raise UserError(f"{path}: the audio is empty")
+    if duration > max_duration_s:
+        raise UserError(f"{path}: the audio is {duration:.1f} s long; this app accepts up to {max_duration_s:g} s")
+    return duration
+
+
+def find_a_face(video_path: str, detector, num_frames: int, samples: int = FACE_SAMPLES) -> bool:
+    """True if any of `samples` frames spread over the first `num_frames` (25 fps) shows a face."""
+    from latentsync.video import iter_frames
+
+    num_frames = max(int(num_frames), 1)
+    wanted = sorted({round(i * (num_frames - 1) / max(samples - 1, 1)) for i in range(samples)})
+    index = 0
+    for chunk in iter_frames(video_path, fps=MODEL_FPS, chunk_size=16):
+        for frame in chunk:
+            if index in wanted and detector.detect(frame):
+                return True
+            index += 1
+            if index > wanted[-1]:
+                return False
+    return False
+
+
+class _WarningCollector(logging.Handler):
+    """Collects the pipeline's warnings (e.g. frames without a face) during one run."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def _progress_mapper(progress: ProgressFn | None) -> Callable[[str, int, int], None]:
+    """Turn the pipeline's (stage, done, total) calls into one 0..1 bar with a description."""
+    state = {"segments": 0, "total": 0}
+
+    def update(stage: str, done: int, total: int) -> None:
+        if progress is None or total <= 0:
+            return
+        frac = min(done / total, 1.0)
+        if stage == "faces":
+            progress(PROGRESS_CHECKS + PROGRESS_FACES * frac, f"Face detection: frame {done}/{total}")
+            return
+        if stage == "segments":  # one call per finished segment (`done` is not reliable, see report)
+            state["segments"], state["total"] = max(state["segments"] + 1, done), total
+            return
+        seg, segs = state["segments"], state["total"]
+        overall = PROGRESS_CHECKS + PROGRESS_FACES + (1 - PROGRESS_CHECKS - PROGRESS_FACES) * frac
+        progress(min(overall, 1.0), f"Lip sync: segment {seg}/{segs}, frame {done}/{total} written")
+
+    return update
+
+
+@dataclass
+class RunResult:
+    path: Path
+    seconds: float
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def summary(self) -> str:
+        return f"Done in {self.seconds:.1f} s. Saved to `{self.path}`."
+
+
+class LipsyncService:
+    """Owns the loaded pipeline and runs one request at a time."""
+
+    def __init__(self, settings: AppSettings):
+        self.settings = settings
+        self.paths = resolve_checkpoints(settings.checkpoints_dir, settings.unet_config_path)
+        self.missing = self.paths.missing()
+        self.load_error: str | None = None
+        self.pipeline = None
+        self._lock = threading.Lock()  # the queue already serialises; this guards direct callers
+
+    @property
+    def ready(self) -> bool:
+        return self.pipeline is not None
+
+    def problem(self) -> str | None:
+        """Why the app cannot dub anything right now (None when it can)."""
+        if self.missing:
+            return (f"Missing checkpoints in {self.settings.checkpoints_dir}:\n"
+                    + "\n".join(f"  - {line}" for line in self.missing) + f"\n{HOW_TO_GET}")
+        return self.load_error
+
+    def load(self) -> bool:
+        """Load the models if every file is there; on failure remember why (never raise)."""
+        if self.missing:
+            return False
+        from latentsync.pipelines.lipsync_pipeline import LipsyncPipeline
+
+        s, p = self.settings, self.paths
+        try:
+            self.pipeline = LipsyncPipeline.from_checkpoints(
+                str(p.unet_config), str(p.unet_ckpt), str(p.whisper), str(p.vae), device=s.device, dtype=s.dtype,
+                face_backend=s.face_backend, checkpoints_dir=s.checkpoints_dir)
+        except UserError as exc:
+            self.load_error = f"Cannot load the models: {exc}"
+        return self.ready
+
+    def check_inputs(self, video: str | None, audio: str | None, steps: int, guidance: float, seed):
+        """Validate the request before any heavy work; returns (VideoInfo, audio seconds, options)."""
+        from latentsync.pipelines.lipsync_pipeline import LipsyncOptions
+
+        s = self.settings
+        info = check_video(video, s.max_upload_mb, s.max_duration_s)
+        duration = check_audio(audio, s.max_upload_mb, s.max_duration_s)
+        steps = int(round(float(steps)))
+        if not s.min_steps <= steps <= s.max_steps:
+            raise UserError(f"inference steps {steps}: choose between {s.min_steps} and {s.max_steps}")
+        if not 1.0 <= float(guidance) <= 3.0:
+            raise UserError(f"guidance scale {guidance}: choose between 1.0 and 3.0")
+        if seed is None or (isinstance(seed, float) and not math.isfinite(seed)):
+            seed = -1
+        seed = int(seed)
+        options = LipsyncOptions(num_inference_steps=steps, guidance_scale=float(guidance),
+                                 seed=None if seed < 0 else seed, show_progress=False)
+        return info, duration, options
+
+    def run(self, video: str | None, audio: str | None, steps: int = 20, guidance: float = 1.5, seed=1247,
+            progress: ProgressFn | None = None, warn: WarnFn | None = None) -> RunResult:
+        """Dub `video` with `audio` into a new run folder; UserError for anything the user can fix."""
+        if not self.ready:
+            raise UserError(self.problem() or "the models are not loaded")
+        start = time.monotonic()
+        if progress:
+            progress(0.0, "Checking the uploads")
+        info, audio_s, options = self.check_inputs(video, audio, steps, guidance, seed)
+        used_frames = min(info.num_frames, math.ceil(audio_s * MODEL_FPS))  # frames the pipeline reads
+        if not find_a_face(video, self.pipeline.face_detector, used_frames):
+            raise UserError(f"{video}: no face found in the video (looked at {FACE_SAMPLES} frames); "
+                            f"lip sync needs the speaker's face clearly visible")
+        run_dir = new_run_dir(self.settings.output_dir)
+        out = run_dir / "out.mp4"
+        _write_settings(run_dir / "settings.json", video, audio, options)
+        collector = _WarningCollector()
+        pipe_logger = logging.getLogger(PIPELINE_LOGGER)
+        with self._lock:
+            pipe_logger.addHandler(collector)
+            try:
+                if progress:
+                    progress(PROGRESS_CHECKS, "Loading the speech")
+                self.pipeline(video, audio, out, options, progress=_progress_mapper(progress))
+            finally:
+                pipe_logger.removeHandler(collector)
+        for message in collector.messages:
+            if warn:
+                warn(message)
+        return RunResult(out, time.monotonic() - start, collector.messages)
+
+
+def _write_settings(path: Path, video: str, audio: str, options) -> None:
+    """Record what produced a run (input names and options) next to its output."""
+    record = {"video": Path(video).name, "audio": Path(audio).name, "options": asdict(options)}
+    path.write_text(json.dumps(record, indent=2, default=str))
+
+
+def friendly(message: str, *paths: str | None) -> str:
+    """A UserError message with upload paths shortened to their file names."""
+    for path in paths:
+        if path:
+            message = message.replace(str(path), Path(path).name)
+    return message

@@ -1,0 +1,204 @@
+"""What every data-pipeline stage shares: options, results, atomic file helpers, ffmpeg cuts and
+the per-process cache of face detectors and networks.
+
+A stage is a function `(input_path, output_dir, options) -> StageResult`. It writes its outputs
+into `output_dir` under temporary names and renames them when complete, so an output that
+exists is complete. It never touches its input.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from latentsync.video import ffmpeg_exe
+
+FPS = 25  # every stage from 2 on works on constant 25 fps video
+AUDIO_RATE = 16000  # and 16 kHz mono audio
+CRF = 18  # x264 quality of every re-encoded clip
+STDERR_TAIL_CHARS = 1500
+PARTIAL_MARK = ".partial"  # hidden temp files: .<name>.<random>.partial<ext>
+
+
+@dataclass
+class PipelineOptions:
+    """Everything a run needs; stage functions read the fields they use."""
+
+    input_dir: str = "raw"
+    output_dir: str = "processed"
+    resolution: int = 256  # aligned face size (256 or 512)
+    min_face_size: int = 256  # stage 5: face box width and height in pixels
+    face_check_stride: int = 1  # stage 5: check every Nth frame (1 = every frame)
+    segment_seconds: float = 5.0  # stage 4: pieces of 5 to < 10 s
+    sync_conf_threshold: float = 3.0  # stage 7: minimum SyncNet v2 confidence (LSE-C)
+    max_sync_offset: int = 6  # stage 7: maximum |audio-video offset| in frames
+    quality_threshold: float = 40.0  # stage 8: minimum hyperIQA score
+    checkpoints_dir: str = "checkpoints"
+    device: str = "auto"  # torch device of stages 7 and 8
+    num_workers: int = 1
+    shard_index: int = 0
+    num_shards: int = 1
+    ray_address: str | None = None  # "local" starts a one-machine Ray instance
+    skip_stages: tuple[int, ...] = ()
+    progress: bool = True
+
+    @property
+    def syncnet_path(self) -> Path:
+        return Path(self.checkpoints_dir) / "auxiliary" / "syncnet_v2.model"
+
+    @property
+    def hyper_iqa_path(self) -> Path:
+        return Path(self.checkpoints_dir) / "auxiliary" / "koniq_pretrained.pkl"
+
+
+@dataclass
+class StageResult:
+    """Outcome of one input in one stage: the kept outputs, or why the input was dropped.
+
+    `reason` is a short code (summary tables group by it), `detail` a readable sentence.
+    `error=True` marks an unexpected failure: reported, but retried on the next run.
+    """
+
+    outputs: list[str] = field(default_factory=list)
+    reason: str = ""
+    detail: str = ""
+    error: bool = False
+
+    @property
+    def kept(self) -> bool:
+        return not self.reason
+
+    @classmethod
+    def keep(cls, *outputs: os.PathLike | str, detail: str = "") -> "StageResult":
+        return cls(outputs=[os.fspath(p) for p in outputs], detail=detail)
+
+    @classmethod
+    def drop(cls, reason: str, detail: str = "") -> "StageResult":
+        return cls(reason=reason, detail=detail)
+
+
+# --------------------------------------------------------------------------------------------
+# files
+
+
+def temp_path(final: Path) -> Path:
+    """A fresh hidden temporary file next to `final` (same folder, so the rename is atomic)."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=final.parent, prefix=f".{final.stem}.",
+                                suffix=PARTIAL_MARK + final.suffix)
+    os.close(fd)
+    public_mode(Path(name))
+    return Path(name)
+
+
+def public_mode(path: Path) -> Path:
+    """Give a file made by mkstemp (mode 0600) the usual permissions of new files (umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+    return path
+
+
+def remove(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+
+
+def link_or_copy(src: Path, dst: Path) -> Path:
+    """Make `dst` hold the bytes of `src`: a hard link if possible, else a copy; atomic."""
+    temp = temp_path(dst)
+    remove(temp)
+    try:
+        try:
+            os.link(src, temp)
+        except OSError:  # other file system, or links not supported
+            shutil.copyfile(src, temp)
+        os.replace(temp, dst)
+    finally:
+        remove(temp)
+    return dst
+
+
+def output_name(input_path: Path, suffix: str = "") -> str:
+    """`<stem><suffix>.mp4` for .mp4 inputs; other containers keep their extension in the name
+    (`clip.mov` -> `clip.mov<suffix>.mp4`) so that `clip.mp4` and `clip.mov` cannot collide."""
+    base = input_path.stem if input_path.suffix.lower() == ".mp4" else input_path.name
+    return f"{base}{suffix}.mp4"
+
+
+def run_ffmpeg(args: list[str], out_path: Path, what: str) -> None:
+    """Run ffmpeg with `args` writing to a temporary file, check it, rename to `out_path`."""
+    temp = temp_path(out_path)
+    command = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y"]
+    try:
+        result = subprocess.run(command + args + [str(temp)], capture_output=True)
+        if result.returncode != 0:
+            tail = result.stderr.decode("utf-8", "replace").strip()[-STDERR_TAIL_CHARS:]
+            raise RuntimeError(f"ffmpeg failed to {what} (exit code {result.returncode}): {tail}")
+        os.replace(temp, out_path)
+    finally:
+        remove(temp)
+
+
+def cut_clip(src: Path, dst: Path, start_frame: int, num_frames: int, fps: int = FPS) -> None:
+    """Re-encode frames [start, start + num) of a constant-`fps` clip and the matching audio.
+
+    Input seeking with re-encoding is frame accurate (ffmpeg decodes from the key frame before
+    the start and discards what precedes it); video H.264 crf 18, audio AAC 16 kHz mono.
+    """
+    start, duration = start_frame / fps, num_frames / fps
+    args = [
+        "-ss", f"{start:.6f}", "-i", str(src), "-t", f"{duration:.6f}",
+        "-map", "0:v:0", "-map", "0:a:0?", "-frames:v", str(num_frames),
+        "-c:v", "libx264", "-crf", str(CRF), "-pix_fmt", "yuv420p",
+        "-c:a", "aac", "-ar", str(AUDIO_RATE), "-ac", "1",
+        "-movflags", "+faststart", "-f", "mp4",
+    ]  # fmt: skip
+    run_ffmpeg(args, dst, f"cut frames {start_frame}-{start_frame + num_frames - 1} of {src}")
+
+
+# --------------------------------------------------------------------------------------------
+# per-process resources (each worker builds its detector and networks once)
+
+_RESOURCES: dict = {}
+
+
+def face_detector():
+    """This process's MediaPipe face detector (every frame detected independently)."""
+    if "detector" not in _RESOURCES:
+        from latentsync.face import make_face_detector
+
+        _RESOURCES["detector"] = make_face_detector("mediapipe")
+    return _RESOURCES["detector"]
+
+
+def torch_device(options: PipelineOptions):
+    from latentsync.device import pick_device
+
+    return pick_device(options.device)
+
+
+def syncnet(options: PipelineOptions):
+    """This process's SyncNet v2 evaluation network (loaded once per checkpoint path)."""
+    key = ("syncnet", str(options.syncnet_path), options.device)
+    if key not in _RESOURCES:
+        from latentsync.eval.syncnet_v2 import load_syncnet_v2
+
+        _RESOURCES[key] = load_syncnet_v2(options.syncnet_path, torch_device(options))
+    return _RESOURCES[key]
+
+
+def hyper_iqa(options: PipelineOptions):
+    """This process's hyperIQA network (loaded once per checkpoint path)."""
+    key = ("hyper_iqa", str(options.hyper_iqa_path), options.device)
+    if key not in _RESOURCES:
+        from latentsync.eval.hyper_iqa import load_hyper_iqa
+
+        _RESOURCES[key] = load_hyper_iqa(options.hyper_iqa_path, torch_device(options))
+    return _RESOURCES[key]

@@ -1,0 +1,365 @@
+"""Training samples for the LatentSync UNet (SPEC 7.2).
+
+One sample = a window of `num_frames` aligned faces of one clip (the ground truth), the same
+frames masked with the mouth mask, a reference window from another, non-overlapping part of the
+same clip, the mask itself, the Whisper chunks of the ground-truth frames and, when the SyncNet
+loss is on, the SyncNet mel window of those frames:
+
+    gt_pixel_values, masked_pixel_values, ref_pixel_values  float32 [F, 3, res, res] in [-1, 1]
+    masks                                                    float32 [F, 1, res, res] (1 = keep)
+    audio_embeds                                             float32 [F, 50, D] (SPEC 2.2)
+    mel                                                      float32 [1, 80, ceil(F*80/fps)] or [0]
+    video_path (str), start_idx, ref_start_idx (int)
+
+Whisper features. Data-loader workers cannot share a GPU Whisper, so the features are computed
+up front, in the training process, by `prepare_audio_features` (a pass over all clips with a
+progress bar) through `AudioEncoder`'s own disk cache (keyed by audio content, model and
+settings). The dataset only receives `{clip path: cache file}` and loads those files in the
+workers. Reruns hit the cache, so the pass then only decodes and hashes each clip's audio.
+
+Sampling. Every draw comes from a `random.Random` keyed by (seed, epoch, index), so a sample
+depends only on its index: a resumed run sees exactly the batches an uninterrupted run would,
+with any number of workers. The gt start s is uniform over the starts whose frames, Whisper
+chunks and (if used) mel window exist and that leave room for a reference window; the reference
+start r is uniform over the starts with |r - s| >= F.
+
+Differences from the reference (SPEC 7.2, 12.1 items 8 and 12): clips need 2F frames (the
+reference skips clips under 3F and then rejection-samples r); s and r are drawn directly among
+the valid starts instead of redrawing the whole sample; caches are keyed by content/file stamps,
+not basenames; a broken clip is logged (once per clip and process) and another drawn, and after
+`max_consecutive_failures` failures in a row the dataset raises instead of looping forever.
+"""
+
+import hashlib
+import logging
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import av
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from latentsync.audio import chunk_indices, load_audio, mel_window, mel_window_length
+from latentsync.errors import UserError
+from latentsync.face.mask import load_mask
+from latentsync.video import count_frames, read_frames
+
+logger = logging.getLogger(__name__)
+
+MAX_CONSECUTIVE_FAILURES = 50
+CLIP_ERRORS = (UserError, OSError, ValueError, IndexError, RuntimeError, EOFError, KeyError, av.FFmpegError)
+SUPPORTED_FEAT_LENGTH = (2, 2)  # audio_feat_length the chunking of latentsync.audio implements
+
+
+@dataclass
+class UNetDataOptions:
+    """What a sample looks like (the `data:` section of a UNet config, plus sampling settings)."""
+
+    num_frames: int = 16
+    resolution: int = 256
+    mask_path: str = "latentsync/face/mask.png"
+    fps: float = 25
+    sample_rate: int = 16000
+    use_mel: bool = True  # SyncNet supervision needs the mel window
+    mel_cache_dir: str | None = None
+    seed: int = 1247
+    cache_frames: bool = False  # keep decoded clips in memory (tiny data sets / overfit runs only)
+    max_consecutive_failures: int = MAX_CONSECUTIVE_FAILURES
+
+
+# --------------------------------------------------------------------------------------------
+# which clips
+
+
+def training_clips(fileslist: str | None, data_dir: str | None) -> list[str]:
+    """Clips named by `data.train_fileslist` (one path per line; blank and '#' lines skipped;
+    relative paths are relative to the list's folder) or else the `.mp4` files directly in
+    `data.train_data_dir` (not recursive, as the reference). UserError naming the setting otherwise.
+    """
+    if fileslist:
+        list_path = Path(fileslist)
+        if not list_path.is_file():
+            raise UserError(f"data.train_fileslist: {list_path}: file list not found")
+        try:
+            lines = list_path.read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise UserError(f"data.train_fileslist: {list_path}: cannot read the file list ({e})") from None
+        paths = []
+        for line in (line.strip() for line in lines):
+            if line and not line.startswith("#"):
+                path = Path(line)
+                paths.append(str(path if path.is_absolute() else list_path.parent / path))
+        if not paths:
+            raise UserError(f"data.train_fileslist: {list_path}: the file list names no videos")
+        return paths
+    if data_dir:
+        folder = Path(data_dir)
+        if not folder.is_dir():
+            raise UserError(f"data.train_data_dir: {folder}: folder not found")
+        paths = sorted(str(p) for p in folder.glob("*.mp4") if p.is_file())
+        if not paths:
+            raise UserError(f"data.train_data_dir: {folder}: no .mp4 files in this folder")
+        return paths
+    raise UserError("no training data: set data.train_fileslist or data.train_data_dir")
+
+
+# --------------------------------------------------------------------------------------------
+# Whisper features, computed before training
+
+
+def feature_cache_file(encoder, wav: np.ndarray) -> Path:
+    """Where `encoder.features(wav)` stores its result in the encoder's disk cache."""
+    return Path(encoder.cache_dir) / f"{encoder._cache_key(wav)}.pt"
+
+
+def prepare_audio_features(paths: Sequence[str], encoder, sample_rate: int = 16000,
+                           show_progress: bool = True) -> dict[str, str]:
+    """Compute (or find cached) Whisper features of every clip's own audio; `{clip: cache file}`.
+
+    Clips whose audio cannot be decoded are logged and left out (the dataset then skips them).
+    Raises UserError when no clip at all is usable.
+    """
+    if encoder.cache_dir is None:
+        raise ValueError("prepare_audio_features needs an AudioEncoder with a cache_dir")
+    files, failed = {}, 0
+    for path in tqdm(paths, desc="Whisper features", unit="clip", disable=not show_progress):
+        try:
+            wav = load_audio(path, sample_rate)
+            target = feature_cache_file(encoder, wav)
+            if not target.is_file():
+                encoder.features(wav)
+            if not target.is_file():  # the encoder did not write where we expected
+                raise RuntimeError(f"audio feature cache file {target} was not written")
+        except CLIP_ERRORS as e:
+            failed += 1
+            logger.warning("skipping clip %s: no audio features (%s)", path, first_line(e))
+            continue
+        files[str(path)] = str(target)
+    if not files:
+        raise UserError(f"none of the {len(paths)} training clips has usable audio (see the log)")
+    if failed:
+        logger.warning("%d of %d clips have no usable audio and will be skipped", failed, len(paths))
+    return files
+
+
+def first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+
+
+def sample_rng(seed: int, epoch: int, index: int) -> random.Random:
+    """A private RNG for one sample, the same in every process and Python version."""
+    digest = hashlib.sha256(f"unet-sample/{seed}/{epoch}/{index}".encode()).digest()
+    return random.Random(int.from_bytes(digest[:8], "little"))
+
+
+def frames_to_pixels(frames: np.ndarray, resolution: int) -> torch.Tensor:
+    """uint8 RGB `[F, H, W, 3]` -> float32 `[F, 3, res, res]` in [-1, 1].
+
+    Bicubic + antialias resize only when the frames are not res x res (a no-op for pipeline data).
+    """
+    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
+    if x.shape[-2:] != (resolution, resolution):
+        x = F.interpolate(x, size=(resolution, resolution), mode="bicubic", antialias=True, align_corners=False)
+        x = x.clamp(0.0, 255.0).round()  # as if resized in uint8
+    return x / 127.5 - 1.0
+
+
+def valid_starts(num_frames: int, window: int, last_gt_start: int) -> list[int]:
+    """gt starts 0..last_gt_start that leave room for a non-overlapping window in [0, N - F]."""
+    last_any = num_frames - window
+    return [s for s in range(0, min(last_gt_start, last_any) + 1) if s - window >= 0 or s + window <= last_any]
+
+
+def reference_start(rng: random.Random, start: int, num_frames: int, window: int) -> int:
+    """Uniform over [0, s - F] u [s + F, N - F]."""
+    before = list(range(0, start - window + 1))
+    after = list(range(start + window, num_frames - window + 1))
+    return rng.choice(before + after)
+
+
+class MelCache:
+    """Full-clip SyncNet mels `[80, T]` (float32), cached on disk when a folder is given.
+
+    Key: absolute path, size, modification time and the settings, so an edited clip is
+    recomputed and equal basenames in different folders never collide.
+    """
+
+    VERSION = 1
+
+    def __init__(self, cache_dir: str | os.PathLike | None, sample_rate: int = 16000):
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.sample_rate = sample_rate
+
+    def get(self, path: str) -> np.ndarray:
+        from latentsync.audio import syncnet_melspectrogram
+
+        cache_path = None
+        if self.cache_dir is not None:
+            stat = os.stat(path)
+            key = f"unet-mel-v{self.VERSION}|{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}|{self.sample_rate}"
+            cache_path = self.cache_dir / f"{hashlib.sha256(key.encode()).hexdigest()}.npy"
+            if cache_path.is_file():
+                try:
+                    mel = np.load(cache_path, allow_pickle=False)
+                    if mel.ndim == 2 and mel.shape[0] == 80 and mel.dtype == np.float32:
+                        return mel
+                except (OSError, ValueError, EOFError):
+                    pass
+                logger.warning("%s: ignoring unreadable mel cache file", cache_path)
+        mel = syncnet_melspectrogram(load_audio(path, self.sample_rate)).astype(np.float32)
+        if cache_path is not None:
+            cache_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache_path.with_name(f".{cache_path.stem}.{os.getpid()}.partial.npy")
+            np.save(tmp, mel, allow_pickle=False)
+            os.replace(tmp, cache_path)
+        return mel
+
+
+# --------------------------------------------------------------------------------------------
+# dataset
+
+
+class UNetDataset(torch.utils.data.Dataset):
+    """Ground-truth / masked / reference windows with their audio, drawn from aligned face clips.
+
+    `paths`: the training clips (outputs of the data pipeline: aligned faces, 25 fps, 16 kHz).
+    `feature_files`: `{clip: Whisper feature file}` from `prepare_audio_features`; clips missing
+    from it are skipped. The clip is drawn at random for every sample (the index only keys the
+    RNG); `length` is how many samples one epoch yields (default: the number of clips).
+    """
+
+    def __init__(self, paths: Sequence[str], feature_files: dict[str, str], options: UNetDataOptions,
+                 length: int | None = None):
+        if not paths:
+            raise UserError("no training clips given to the UNet dataset")
+        self.paths = [str(p) for p in paths]
+        self.feature_files = {str(k): str(v) for k, v in feature_files.items()}
+        self.options = options
+        self.length = len(self.paths) if length is None else int(length)
+        self.epoch = 0
+        mask = torch.from_numpy(load_mask(options.mask_path, options.resolution))
+        self.mask = mask[None, None].expand(options.num_frames, 1, -1, -1).contiguous()  # [F, 1, res, res]
+        self.mels = MelCache(options.mel_cache_dir, options.sample_rate)
+        self._lengths: dict[str, int] = {}
+        self._clips: dict[str, np.ndarray] = {}
+        self._features: dict[str, torch.Tensor] = {}
+        self._mel_memo: dict[str, np.ndarray] = {}
+        self._reported: set[str] = set()
+
+    def __len__(self) -> int:
+        return self.length
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw a different (but again reproducible) set of samples for another pass."""
+        self.epoch = int(epoch)
+
+    def __getitem__(self, index: int) -> dict:
+        rng = sample_rng(self.options.seed, self.epoch, int(index))
+        last = ""
+        for _ in range(self.options.max_consecutive_failures):
+            path = rng.choice(self.paths)
+            try:
+                sample = self.sample_clip(path, rng)
+                reason = "too short (needs two non-overlapping windows with audio)"
+            except CLIP_ERRORS as e:
+                sample, reason = None, first_line(e)
+            if sample is not None:
+                return sample
+            last = f"{path}: {reason}"
+            self.report_skip(path, reason)
+        raise UserError(f"{self.options.max_consecutive_failures} clips in a row could not be used "
+                        f"(check the data list); last: {last}")
+
+    def report_skip(self, path: str, reason: str) -> None:
+        """One warning per broken clip and process (later skips of it are debug messages)."""
+        level = logging.DEBUG if path in self._reported else logging.WARNING
+        self._reported.add(path)
+        logger.log(level, "skipping clip %s (%s); drawing another one", path, reason)
+
+    def sample_clip(self, path: str, rng: random.Random) -> dict | None:
+        """One sample from `path`, or None when the clip is too short."""
+        o = self.options
+        window = o.num_frames
+        if path not in self.feature_files:
+            raise KeyError("no Whisper features (its audio could not be decoded)")
+        num_frames = self.clip_length(path)
+        if num_frames < 2 * window:
+            return None
+        features = self.clip_features(path)
+        rows = chunk_indices(features.shape[0], o.fps)  # [num_chunks, 10]
+        last = min(num_frames, rows.shape[0]) - window
+        mel = None
+        if o.use_mel:
+            mel = self.clip_mel(path)
+            while last >= 0 and mel_window(mel, last, window, o.fps) is None:
+                last -= 1
+        starts = valid_starts(num_frames, window, last)
+        if not starts:
+            return None
+        start = rng.choice(starts)
+        ref = reference_start(rng, start, num_frames, window)
+        gt = frames_to_pixels(self.clip_frames(path, start), o.resolution)
+        ref_pixels = frames_to_pixels(self.clip_frames(path, ref), o.resolution)
+        audio = features[torch.from_numpy(rows[start:start + window])]  # [F, 10, L, D]
+        if mel is not None:
+            mel_tensor = torch.from_numpy(np.ascontiguousarray(mel_window(mel, start, window, o.fps)))[None]
+        else:
+            mel_tensor = torch.zeros(0)
+        return {
+            "gt_pixel_values": gt,
+            "masked_pixel_values": gt * self.mask,
+            "ref_pixel_values": ref_pixels,
+            "masks": self.mask.clone(),
+            "audio_embeds": audio.reshape(window, -1, features.shape[-1]).float(),
+            "mel": mel_tensor.float(),
+            "video_path": path,
+            "start_idx": start,
+            "ref_start_idx": ref,
+        }
+
+    # -- per-clip data (memoised where cheap or asked for)
+
+    def clip_length(self, path: str) -> int:
+        if path not in self._lengths:
+            self._lengths[path] = count_frames(path, self.options.fps)
+        return self._lengths[path]
+
+    def clip_features(self, path: str) -> torch.Tensor:
+        if path in self._features:
+            return self._features[path]
+        features = torch.load(self.feature_files[path], map_location="cpu", weights_only=True)
+        if not torch.is_tensor(features) or features.ndim != 3:
+            raise ValueError(f"{self.feature_files[path]}: not a [T, layers, dim] feature tensor")
+        if self.options.cache_frames:
+            self._features[path] = features
+        return features
+
+    def clip_mel(self, path: str) -> np.ndarray:
+        if not self.options.cache_frames:
+            return self.mels.get(path)
+        if path not in self._mel_memo:
+            self._mel_memo[path] = self.mels.get(path)
+        return self._mel_memo[path]
+
+    def clip_frames(self, path: str, start: int) -> np.ndarray:
+        """uint8 frames start .. start+F-1 (at the training size when clips are kept in memory)."""
+        o = self.options
+        if not o.cache_frames:
+            return read_frames(path, start, o.num_frames, fps=o.fps)
+        if path not in self._clips:
+            frames = read_frames(path, 0, self.clip_length(path), fps=o.fps)
+            if frames.shape[1:3] != (o.resolution, o.resolution):
+                pixels = frames_to_pixels(frames, o.resolution)
+                frames = ((pixels + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+            self._clips[path] = frames
+        return self._clips[path][start:start + o.num_frames]

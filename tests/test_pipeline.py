@@ -1,0 +1,290 @@
+"""Lip-sync inference end to end with the tiny random checkpoints, and the DDIM loop's parity."""
+
+import json
+import subprocess
+import sys
+
+import av
+import numpy as np
+import pytest
+import soundfile
+import torch
+from diffusers import DDIMScheduler
+from omegaconf import OmegaConf
+from safetensors.torch import load_file
+
+from conftest import MEDIA, REFERENCE, REPO, need
+from latentsync.pipelines.lipsync_pipeline import (SCHEDULER_CONFIG, LipsyncOptions, LipsyncPipeline, plan_segments,
+                                                   source_index)
+from latentsync.video import ffmpeg_exe
+from scripts.inference import main as inference_main
+from scripts.make_tiny_checkpoints import make_tiny_checkpoints
+
+FAST = dict(num_inference_steps=2, guidance_scale=1.5, show_progress=False)
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+def ffmpeg(*args):
+    subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", *map(str, args)], check=True)
+
+
+def read_video(path):
+    with av.open(str(path)) as c:
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    with av.open(str(path)) as c:
+        v = c.streams.video[0]
+        fps = float(v.average_rate)
+        audio = c.streams.audio[0] if c.streams.audio else None
+        audio_s = float(audio.duration * audio.time_base) if audio is not None else None
+    return np.stack(frames), fps, audio_s
+
+
+def cli(tiny, video, audio, out, *extra):
+    return inference_main(["--unet_config_path", tiny / "unet.yaml", "--inference_ckpt_path", tiny / "latentsync_unet.pt",
+                           "--whisper_ckpt_path", tiny / "whisper/tiny.pt", "--vae_path", tiny / "vae",
+                           "--video_path", video, "--audio_path", audio, "--video_out_path", out,
+                           "--inference_steps", "2", *extra])
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_tiny_checkpoints(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny):
+    return LipsyncPipeline.from_checkpoints(tiny / "unet.yaml", tiny / "latentsync_unet.pt", tiny / "whisper/tiny.pt",
+                                            tiny / "vae", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def small_clip(tmp_path_factory):
+    """demo1, first 2 s, scaled to 540x960 (keeps the face, 16x fewer pixels)."""
+    out = tmp_path_factory.mktemp("clips") / "small.mp4"
+    ffmpeg("-i", need(MEDIA / "demo1_video.mp4"), "-t", 2, "-vf", "scale=540:960", "-c:v", "libx264", "-crf", 12,
+           "-c:a", "aac", out)
+    return out
+
+
+def speech_wav(tmp_path, seconds, name="speech.wav", source="demo2_audio.wav"):
+    wav, sr = soundfile.read(need(MEDIA / source), dtype="float32")
+    reps = int(np.ceil(seconds * sr / len(wav)))
+    wav = np.tile(wav, reps)[: int(seconds * sr)]
+    path = tmp_path / name
+    soundfile.write(path, wav, sr)
+    return path
+
+
+# -- the DDIM loop ---------------------------------------------------------------------------
+
+def test_scheduler_matches_the_reference_config():
+    shipped = json.loads((REPO / "configs/scheduler_config.json").read_text())
+    assert all(shipped[k] == v for k, v in SCHEDULER_CONFIG.items())
+    scheduler = DDIMScheduler(**SCHEDULER_CONFIG)
+    scheduler.set_timesteps(20)
+    assert scheduler.timesteps.tolist() == list(range(951, 0, -50))
+
+
+def test_ddim_loop_reproduces_reference_fixture():
+    base = need(REFERENCE / "fixtures/ddim_tiny_stage2")
+    io = load_file(str(base / "io.safetensors"))
+    meta = json.loads((base / "meta.json").read_text())
+    unet_dir = REFERENCE / "fixtures/unet_tiny_stage2"
+    from latentsync.models import UNet3DConditionModel
+    unet = UNet3DConditionModel.from_config(OmegaConf.to_container(OmegaConf.load(unet_dir / "config.yaml").model))
+    unet.load_state_dict(load_file(str(unet_dir / "weights.safetensors")))
+    unet.eval()
+    pipe = LipsyncPipeline(vae=None, unet=unet, scheduler=DDIMScheduler(**SCHEDULER_CONFIG), resolution=128)
+    with torch.no_grad():
+        final = pipe.denoise(io["initial_latents"], io["mask"], io["masked_image_latents"], io["ref_latents"],
+                             io["audio_embeds"], meta["num_inference_steps"], meta["guidance_scale"])
+    assert pipe.scheduler.timesteps.tolist() == meta["timesteps"] == io["timesteps"].tolist()
+    assert (final - io["final_latents"]).abs().max() < 1e-4
+
+
+# -- planning --------------------------------------------------------------------------------
+
+def test_ping_pong_looping_repeats_turn_frames():
+    assert [source_index(j, 4) for j in range(10)] == [0, 1, 2, 3, 3, 2, 1, 0, 0, 1]
+
+
+def test_segments_cover_face_runs_only_and_keep_full_length_tails():
+    generate = np.array([True] * 20 + [False] * 3 + [True] * 5)
+    segments = plan_segments(generate, 16, "overlap")
+    assert [s.frames for s in segments] == [list(range(16)), list(range(4, 20)), list(range(23, 28))]
+    assert [s.write_from for s in segments] == [0, 12, 0]
+    written = [f for s in segments for f in s.frames[s.write_from:]]
+    assert written == np.flatnonzero(generate).tolist()  # every face frame exactly once
+    short = plan_segments(generate, 16, "short")
+    assert [len(s.frames) for s in short] == [16, 4, 5]
+
+
+# -- end to end --------------------------------------------------------------------------------
+
+def test_demo1_dubbed_video_has_audio_length_input_resolution_and_untouched_background(tiny, tmp_path):
+    video, audio = need(MEDIA / "demo1_video.mp4"), need(MEDIA / "demo1_audio.wav")
+    out = tmp_path / "out.mp4"
+    assert cli(tiny, video, audio, out) == 0
+    frames, fps, audio_s = read_video(out)
+    source, _, _ = read_video(video)
+    assert fps == 25 and len(frames) == 240  # 9.6 s of speech
+    assert frames.shape[1:] == source.shape[1:] == (1920, 1080, 3)
+    assert audio_s == pytest.approx(9.6, abs=0.05)
+    diff = np.abs(frames.astype(np.int16) - source[:240].astype(np.int16))
+    # far from the face (top and bottom of the portrait frame) only codec noise remains
+    assert diff[:, :300].mean() < 2.0 and diff[:, -500:].mean() < 2.0
+    # the mouth region is regenerated (random weights, so it changes a lot)
+    assert diff[:, 700:1000, 350:750].mean() > 5.0
+
+
+def test_audio_longer_than_video_loops_the_video(pipe, small_clip, tmp_path):
+    audio = speech_wav(tmp_path, 3.0)  # 75 frames from a 50-frame clip
+    out = pipe(small_clip, audio, tmp_path / "loop.mp4", LipsyncOptions(**FAST))
+    frames, fps, audio_s = read_video(out)
+    assert len(frames) == 75 and audio_s == pytest.approx(3.0, abs=0.05)
+    # output frame 50 + k shows source frame 49 - k: compare the background (top band)
+    for k in (0, 5, 20):
+        a, b = frames[49 - k, :200].astype(int), frames[50 + k, :200].astype(int)
+        assert np.abs(a - b).mean() < 2.0
+
+
+def test_30fps_clip_is_resampled_to_25(pipe, small_clip, tmp_path):
+    clip30 = tmp_path / "clip30.mp4"
+    ffmpeg("-i", small_clip, "-r", 30, "-c:v", "libx264", "-crf", 12, "-an", clip30)
+    audio = speech_wav(tmp_path, 1.6)
+    frames, fps, _ = read_video(pipe(clip30, audio, tmp_path / "o30.mp4", LipsyncOptions(**FAST)))
+    assert fps == 25 and len(frames) == 40
+
+
+def test_output_at_the_input_frame_rate(pipe, small_clip, tmp_path):
+    clip30 = tmp_path / "clip30.mp4"
+    ffmpeg("-i", small_clip, "-r", 30, "-c:v", "libx264", "-crf", 12, "-an", clip30)
+    audio = speech_wav(tmp_path, 1.6)
+    frames, fps, _ = read_video(pipe(clip30, audio, tmp_path / "o.mp4", LipsyncOptions(**FAST, output_fps=30)))
+    assert fps == 30 and len(frames) == 48
+
+
+def test_frames_without_a_face_pass_through_unchanged(pipe, small_clip, tmp_path):
+    spliced = tmp_path / "spliced.mp4"  # frames 20..34 black
+    ffmpeg("-i", small_clip, "-vf", "drawbox=enable='between(n,20,34)':x=0:y=0:w=iw:h=ih:color=black:t=fill",
+           "-c:v", "libx264", "-crf", 12, "-an", spliced)
+    source, _, _ = read_video(spliced)
+    audio = speech_wav(tmp_path, 2.0)
+    frames, _, _ = read_video(pipe(spliced, audio, tmp_path / "o.mp4", LipsyncOptions(**FAST)))
+    assert len(frames) == 50
+    assert frames[21:34].max() <= 20  # still black: nothing was pasted there
+    diff = np.abs(frames.astype(int) - source.astype(int))
+    assert diff[21:34].mean() < 1.0
+    assert diff[:18, 300:500, 150:400].mean() > 3.0  # faces around the gap were generated
+
+
+def test_silent_audio_is_fine(pipe, small_clip, tmp_path):
+    silent = tmp_path / "silent.wav"
+    soundfile.write(silent, np.zeros(16000), 16000)
+    for mode in ("mute", "keep"):
+        frames, _, audio_s = read_video(pipe(small_clip, silent, tmp_path / f"{mode}.mp4",
+                                             LipsyncOptions(**FAST, silence=mode)))
+        assert len(frames) == 25 and audio_s == pytest.approx(1.0, abs=0.05)
+    source, _, _ = read_video(small_clip)
+    kept, _, _ = read_video(tmp_path / "keep.mp4")
+    muted, _, _ = read_video(tmp_path / "mute.mp4")
+    mouth = (slice(None), slice(500, 700), slice(150, 400))
+    keep_diff = np.abs(kept.astype(int) - source[:25].astype(int))
+    assert keep_diff.mean() < 2.5 and keep_diff[mouth].mean() < 2.5  # nobody speaks: original frames
+    assert np.abs(muted.astype(int) - source[:25].astype(int))[mouth].mean() > 3.0  # generated (with silence)
+
+
+# -- bad input -------------------------------------------------------------------------------
+
+def make_bad_inputs(tmp_path):
+    text = tmp_path / "notes.mp4"
+    text.write_text("this is not a video")
+    audio_only = tmp_path / "audio_only.mp4"
+    ffmpeg("-f", "lavfi", "-i", "sine=f=440:d=1", "-c:a", "aac", audio_only)
+    video_only = tmp_path / "video_only.mp4"
+    ffmpeg("-f", "lavfi", "-i", "color=size=64x64:rate=25", "-t", 1, "-c:v", "libx264", "-pix_fmt", "yuv420p",
+           video_only)
+    return text, audio_only, video_only
+
+
+@pytest.mark.parametrize("case", ["missing video", "not a video", "no video frames", "audio without audio stream",
+                                  "missing audio"])
+def test_bad_input_gives_one_line_error_and_no_output(tiny, small_clip, tmp_path, capsys, case):
+    text, audio_only, video_only = make_bad_inputs(tmp_path)
+    wav = speech_wav(tmp_path, 1.0)
+    video, audio = {
+        "missing video": (tmp_path / "nope.mp4", wav),
+        "not a video": (text, wav),
+        "no video frames": (audio_only, wav),
+        "audio without audio stream": (small_clip, video_only),
+        "missing audio": (small_clip, tmp_path / "nope.wav"),
+    }[case]
+    out = tmp_path / "out.mp4"
+    assert cli(tiny, video, audio, out) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and "Traceback" not in err
+    assert not out.exists() and not list(tmp_path.glob("*partial*"))
+
+
+def test_unreadable_checkpoint_and_bad_resolution_are_refused(tiny, small_clip, tmp_path, capsys):
+    wav = speech_wav(tmp_path, 1.0)
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"\x80\x04garbage")
+    args = ["--unet_config_path", tiny / "unet.yaml", "--inference_ckpt_path", broken, "--whisper_ckpt_path",
+            tiny / "whisper/tiny.pt", "--vae_path", tiny / "vae", "--video_path", small_clip, "--audio_path", wav,
+            "--video_out_path", tmp_path / "o.mp4"]
+    assert inference_main(args) == 2
+    assert "broken.pt" in capsys.readouterr().err
+    config = OmegaConf.load(tiny / "unet.yaml")
+    config.data.resolution = 252
+    OmegaConf.save(config, tmp_path / "bad_res.yaml")
+    args[1], args[3] = tmp_path / "bad_res.yaml", tiny / "latentsync_unet.pt"
+    assert inference_main(args) == 2
+    assert "divisible by 8" in capsys.readouterr().err
+    assert not (tmp_path / "o.mp4").exists()
+
+
+def test_batch_csv_skips_rows_whose_output_exists(tiny, small_clip, tmp_path, capsys):
+    wav = speech_wav(tmp_path, 0.8)
+    done = tmp_path / "done.mp4"
+    done.write_bytes(b"existing result")
+    rows = tmp_path / "rows.csv"
+    rows.write_text(f"video,audio,output\n{small_clip},{wav},{done}\n{small_clip},{wav},{tmp_path / 'new.mp4'}\n")
+    assert inference_main(["--unet_config_path", str(tiny / "unet.yaml"), "--inference_ckpt_path",
+                           str(tiny / "latentsync_unet.pt"), "--whisper_ckpt_path", str(tiny / "whisper/tiny.pt"),
+                           "--vae_path", str(tiny / "vae"), "--batch_csv", str(rows), "--inference_steps", "1"]) == 0
+    assert done.read_bytes() == b"existing result"
+    frames, _, _ = read_video(tmp_path / "new.mp4")
+    assert len(frames) == 20
+
+
+# -- memory ----------------------------------------------------------------------------------
+
+RSS_SCRIPT = """
+import resource, sys
+from scripts.inference import main
+code = main(sys.argv[1:])
+print("MAXRSS", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+sys.exit(code)
+"""
+
+
+def test_peak_memory_does_not_grow_with_clip_length(tiny, tmp_path):
+    base = tmp_path / "base.mp4"
+    ffmpeg("-i", need(MEDIA / "demo1_video.mp4"), "-t", 10, "-vf", "scale=270:480", "-c:v", "libx264", "-crf", 18,
+           "-an", base)
+    long = tmp_path / "long.mp4"
+    ffmpeg("-stream_loop", 5, "-i", base, "-t", 60, "-c", "copy", long)
+    peaks = {}
+    for name, video, seconds in (("10s", base, 10), ("60s", long, 60)):
+        audio = speech_wav(tmp_path, seconds, f"{name}.wav")
+        result = subprocess.run(
+            [sys.executable, "-c", RSS_SCRIPT, "--unet_config_path", tiny / "unet.yaml", "--inference_ckpt_path",
+             tiny / "latentsync_unet.pt", "--whisper_ckpt_path", tiny / "whisper/tiny.pt", "--vae_path", tiny / "vae",
+             "--video_path", video, "--audio_path", audio, "--video_out_path", tmp_path / f"{name}.mp4",
+             "--inference_steps", "1", "--guidance_scale", "1.0"],
+            cwd=REPO, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr[-2000:]
+        peaks[name] = int(result.stdout.split("MAXRSS")[-1])
+    assert peaks["60s"] < 1.5 * peaks["10s"], peaks
