@@ -129,8 +129,8 @@ def build_demo(service: LipsyncService, examples: list[list[str]]) -> gr.Blocks:
         if examples:
             gr.Examples(examples=examples, inputs=[video_in, audio_in], label="Examples (your local files)",
                         cache_examples=False)
-        video_in.change(make_video_check(service), video_in, video_info, concurrency_limit=None,
-                        show_progress="hidden", queue=False)
+        video_in.change(make_video_check(service), video_in, video_info, show_progress="hidden",
+                        concurrency_limit=None, concurrency_id="upload_checks")  # never waits for the model
         button.click(make_handler(service), [video_in, audio_in, steps, guidance, seed], [result, status],
                      concurrency_limit=1, concurrency_id=MODEL_QUEUE)  # one model run at a time
     return demo

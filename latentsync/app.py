@@ -325,15 +325,17 @@ class LipsyncService:
             progress(0.0, "Checking the uploads")
         info, audio_s, options = self.check_inputs(video, audio, steps, guidance, seed)
         used_frames = min(info.num_frames, math.ceil(audio_s * MODEL_FPS))  # frames the pipeline reads
-        if not find_a_face(video, self.pipeline.face_detector, used_frames):
-            raise UserError(f"{video}: no face found in the video (looked at {FACE_SAMPLES} frames); "
-                            f"lip sync needs the speaker's face clearly visible")
-        run_dir = new_run_dir(self.settings.output_dir)
-        out = run_dir / "out.mp4"
-        _write_settings(run_dir / "settings.json", video, audio, options)
         collector = _WarningCollector()
         pipe_logger = logging.getLogger(PIPELINE_LOGGER)
-        with self._lock:
+        with self._lock:  # the detector and the models are not safe to share between threads
+            if progress:
+                progress(0.0, "Looking for a face")
+            if not find_a_face(video, self.pipeline.face_detector, used_frames):
+                raise UserError(f"{video}: no face found in the video (looked at {FACE_SAMPLES} frames); "
+                                f"lip sync needs the speaker's face clearly visible")
+            run_dir = new_run_dir(self.settings.output_dir)
+            out = run_dir / "out.mp4"
+            _write_settings(run_dir / "settings.json", video, audio, options)
             pipe_logger.addHandler(collector)
             try:
                 if progress:

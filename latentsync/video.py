@@ -450,6 +450,9 @@ def _temp_path(out_path: Path) -> Path:
         dir=out_path.parent, prefix=f".{out_path.stem}.", suffix=PARTIAL_SUFFIX + out_path.suffix
     )
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(name, 0o666 & ~umask)  # mkstemp makes 0600 files; outputs get the usual permissions
     return Path(name)
 
 

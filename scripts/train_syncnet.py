@@ -30,6 +30,7 @@ def parse_args(argv=None) -> TrainOptions:
     parser.add_argument("--run_name", help="run folder name (default train-YYYY_MM_DD-HH_MM_SS)")
     parser.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"],
                         help="default: fp16 on CUDA if run.mixed_precision_training, else no")
+    parser.add_argument("--num_threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. data.batch_size=8")
     args = parser.parse_args(argv)
     for item in args.overrides:

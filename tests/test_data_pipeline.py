@@ -169,6 +169,24 @@ def test_every_bad_file_is_dropped_at_its_stage_and_good_clips_survive(clean_run
     assert all(folder in result.stdout for folder in STAGE_FOLDERS)
 
 
+def test_kept_clips_have_their_audio_moved_by_the_measured_offset(clean_run):
+    import json
+
+    out = clean_run[0]
+    name = GOOD[0]
+    lines = [json.loads(line) for path in (out / "ledger" / "av_synced").glob("*.jsonl")
+             for line in path.read_text().splitlines()]
+    entry = next(e for e in lines if e["input"] == name)
+    offset = int(entry["detail"].split("offset ")[1].split()[0])  # "..., offset -15 frames"
+    before, after = load_audio(out / "aligned" / name), load_audio(out / "av_synced" / name)
+    window = slice(32000, 48000)  # 1 s in the middle, lags up to 15 frames = 0.6 s
+    lags = range(-10000, 10001, 8)
+    scores = [np.dot(after[window], before[window.start - lag:window.stop - lag]) for lag in lags]
+    assert abs(lags[int(np.argmax(scores))] - offset * 640) <= 16
+    np.testing.assert_array_equal(next(iter_frames(out / "aligned" / name, fps=None)),
+                                  next(iter_frames(out / "av_synced" / name, fps=None)))
+
+
 def test_aligned_demo1_face_has_its_mouth_in_the_mask_region(clean_run):
     from latentsync.face import load_mask, make_face_detector
 
@@ -211,6 +229,8 @@ def test_killed_in_stage_6_and_restarted_gives_the_same_result(work, raw_dir, ch
     assert (out / "fileslist.txt").read_bytes() == (clean / "fileslist.txt").read_bytes()
     # same file names and byte-identical contents in every stage folder and report
     assert stage_files(out) == stage_files(clean)
+    leftovers = [p for folder in STAGE_FOLDERS for p in (out / folder).rglob(".*")]
+    assert leftovers == []  # temporary files of the killed run were cleaned up
 
     # a third run finds everything done (drops included) and rewrites nothing
     mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
@@ -346,9 +366,14 @@ def test_stage_7_moves_the_audio_by_the_detected_offset(click_clip, tmp_path, of
 # ------------------------------------------------------------------------------ hyperIQA
 
 
-def test_hyper_iqa_has_the_published_layout_and_loads_strictly(tmp_path):
+@pytest.fixture(scope="module")
+def hyper_model() -> HyperNet:
     torch.manual_seed(1)
-    model = HyperNet().eval()
+    return HyperNet().eval()
+
+
+def test_hyper_iqa_has_the_published_layout_and_loads_strictly(tmp_path, hyper_model):
+    model = hyper_model
     state = model.state_dict()
     shapes = {"res.conv1.weight": (64, 3, 7, 7), "res.layer4.2.conv3.weight": (2048, 512, 1, 1),
               "res.lda1_pool.0.weight": (16, 256, 1, 1), "res.lda1_fc.weight": (16, 1024),
@@ -363,7 +388,7 @@ def test_hyper_iqa_has_the_published_layout_and_loads_strictly(tmp_path):
     path = tmp_path / "koniq_pretrained.pkl"
     torch.save(state, path)
     loaded = load_hyper_iqa(path)
-    frames = np.random.default_rng(0).integers(0, 255, (3, 256, 256, 3), np.uint8)
+    frames = np.random.default_rng(0).integers(0, 255, (2, 256, 256, 3), np.uint8)
     np.testing.assert_allclose(score_frames(loaded, frames), score_frames(model, frames),
                                rtol=1e-5, atol=1e-5)
     del state["fc5b_fc.bias"]
@@ -374,9 +399,8 @@ def test_hyper_iqa_has_the_published_layout_and_loads_strictly(tmp_path):
         load_hyper_iqa(tmp_path / "missing.pkl")
 
 
-def test_hyper_iqa_scores_each_image_with_its_own_target_net():
-    torch.manual_seed(2)
-    model = HyperNet().eval()
+def test_hyper_iqa_scores_each_image_with_its_own_target_net(hyper_model):
+    model = hyper_model
     frames = np.random.default_rng(1).integers(0, 255, (3, 240, 300, 3), np.uint8)
     frames[1] //= 4  # a darker image
     together = score_frames(model, frames)

@@ -41,10 +41,14 @@ def read_video(path):
 
 
 def cli(tiny, video, audio, out, *extra):
-    return inference_main(["--unet_config_path", tiny / "unet.yaml", "--inference_ckpt_path", tiny / "latentsync_unet.pt",
+    return run_cli(["--unet_config_path", tiny / "unet.yaml", "--inference_ckpt_path", tiny / "latentsync_unet.pt",
                            "--whisper_ckpt_path", tiny / "whisper/tiny.pt", "--vae_path", tiny / "vae",
                            "--video_path", video, "--audio_path", audio, "--video_out_path", out,
                            "--inference_steps", "2", *extra])
+
+
+def run_cli(args):
+    return inference_main([str(a) for a in args])
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +139,7 @@ def test_demo1_dubbed_video_has_audio_length_input_resolution_and_untouched_back
     # far from the face (top and bottom of the portrait frame) only codec noise remains
     assert diff[:, :300].mean() < 2.0 and diff[:, -500:].mean() < 2.0
     # the mouth region is regenerated (random weights, so it changes a lot)
-    assert diff[:, 700:1000, 350:750].mean() > 5.0
+    assert diff[:, 740:820, 520:660].mean() > 5.0
 
 
 def test_audio_longer_than_video_loops_the_video(pipe, small_clip, tmp_path):
@@ -176,7 +180,7 @@ def test_frames_without_a_face_pass_through_unchanged(pipe, small_clip, tmp_path
     assert frames[21:34].max() <= 20  # still black: nothing was pasted there
     diff = np.abs(frames.astype(int) - source.astype(int))
     assert diff[21:34].mean() < 1.0
-    assert diff[:18, 300:500, 150:400].mean() > 3.0  # faces around the gap were generated
+    assert diff[:18, 370:410, 260:330].mean() > 3.0  # faces around the gap were generated
 
 
 def test_silent_audio_is_fine(pipe, small_clip, tmp_path):
@@ -189,7 +193,7 @@ def test_silent_audio_is_fine(pipe, small_clip, tmp_path):
     source, _, _ = read_video(small_clip)
     kept, _, _ = read_video(tmp_path / "keep.mp4")
     muted, _, _ = read_video(tmp_path / "mute.mp4")
-    mouth = (slice(None), slice(500, 700), slice(150, 400))
+    mouth = (slice(None), slice(370, 410), slice(260, 330))
     keep_diff = np.abs(kept.astype(int) - source[:25].astype(int))
     assert keep_diff.mean() < 2.5 and keep_diff[mouth].mean() < 2.5  # nobody speaks: original frames
     assert np.abs(muted.astype(int) - source[:25].astype(int))[mouth].mean() > 3.0  # generated (with silence)
@@ -234,13 +238,13 @@ def test_unreadable_checkpoint_and_bad_resolution_are_refused(tiny, small_clip, 
     args = ["--unet_config_path", tiny / "unet.yaml", "--inference_ckpt_path", broken, "--whisper_ckpt_path",
             tiny / "whisper/tiny.pt", "--vae_path", tiny / "vae", "--video_path", small_clip, "--audio_path", wav,
             "--video_out_path", tmp_path / "o.mp4"]
-    assert inference_main(args) == 2
+    assert run_cli(args) == 2
     assert "broken.pt" in capsys.readouterr().err
     config = OmegaConf.load(tiny / "unet.yaml")
     config.data.resolution = 252
     OmegaConf.save(config, tmp_path / "bad_res.yaml")
     args[1], args[3] = tmp_path / "bad_res.yaml", tiny / "latentsync_unet.pt"
-    assert inference_main(args) == 2
+    assert run_cli(args) == 2
     assert "divisible by 8" in capsys.readouterr().err
     assert not (tmp_path / "o.mp4").exists()
 

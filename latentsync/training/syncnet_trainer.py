@@ -47,6 +47,7 @@ STATE_NAME = "training-state-{step}.pt"
 STATE_PATTERN = re.compile(r"training-state-(\d+)\.pt$")
 STATE_FORMAT = "latentsync-syncnet-training-state"
 STATE_VERSION = 1
+VAL_SEED_OFFSET = 1_000_003  # validation samples never repeat the training draws
 VAL_FRAMES_PER_BATCH = 640  # validation batch = min(640 // num_frames, batch_size) (SPEC 8)
 PRECISIONS = ("no", "fp16", "bf16")
 REQUIRED_KEYS = (
@@ -67,6 +68,7 @@ class TrainOptions:
     resume_from: str | None = None  # run folder or training-state file
     run_name: str | None = None  # default train-YYYY_MM_DD-HH_MM_SS
     mixed_precision: str | None = None  # no, fp16, bf16 (default: config, fp16 only on CUDA)
+    num_threads: int | None = None  # torch CPU threads (1 is much faster on a busy machine)
     overrides: list[str] = field(default_factory=list)  # OmegaConf dot-list, e.g. data.batch_size=8
 
 
@@ -151,7 +153,7 @@ def build_datasets(config: DictConfig) -> tuple[SyncNetDataset, SyncNetDataset |
     if val_videos is None:
         logger.warning("no validation data configured (data.val_fileslist / data.val_data_dir): skipping validation")
         return train_set, None
-    val_set = SyncNetDataset(val_videos, seed=config.run.seed, length=int(data.num_val_samples), **options)
+    val_set = SyncNetDataset(val_videos, seed=config.run.seed + VAL_SEED_OFFSET, length=int(data.num_val_samples), **options)
     return train_set, val_set
 
 
@@ -373,6 +375,8 @@ def save_chart(run_dir: Path, step: int, history: History) -> Path:
 def train(options: TrainOptions) -> Path:
     """Train (or resume) a SyncNet run; returns the run folder."""
     config = load_config(options)
+    if options.num_threads:
+        torch.set_num_threads(int(options.num_threads))
     check_model_fits(config, options.config_path)
     train_set, val_set = build_datasets(config)  # before any folder is made: bad lists fail first
     accelerator = make_accelerator(config, options)

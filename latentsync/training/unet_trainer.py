@@ -454,14 +454,16 @@ def build_trepa(config: DictConfig, device, dtype, checkpointing: bool, allow_ra
 
     options = OmegaConf.to_container(config.ckpt.get("videomae_model") or {}, resolve=True)
     model = VisionTransformer3D(**options) if options else None
-    path = Path(str(config.ckpt.videomae_path))
-    if path.is_file() or not allow_random:
+    configured = str(config.ckpt.get("videomae_path") or "")
+    path = Path(configured)
+    if (configured and path.is_file()) or not allow_random:
         extractor = load_videomae(path, device, dtype, model=model)
     else:
         if model is None:
             raise UserError("run.allow_random_aux_weights with no VideoMAE file needs ckpt.videomae_model sizes "
                             "(a random ViT-g/14 would not fit a CPU run)")
-        logger.warning("%s not found: the TREPA extractor keeps RANDOM weights (run.allow_random_aux_weights)", path)
+        logger.warning("ckpt.videomae_path %r not found: the TREPA extractor keeps RANDOM weights "
+                       "(run.allow_random_aux_weights)", configured)
         extractor = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
     if extractor.num_frames != int(config.data.num_frames):
         raise UserError(f"VideoMAE takes {extractor.num_frames} frames but data.num_frames is {config.data.num_frames}")
