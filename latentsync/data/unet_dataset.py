@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from latentsync.audio import chunk_indices, load_audio, mel_window, mel_window_length
+from latentsync.audio import chunk_indices, load_audio, mel_window
 from latentsync.errors import UserError
 from latentsync.face.mask import load_mask
 from latentsync.video import count_frames, read_frames
@@ -53,7 +53,6 @@ logger = logging.getLogger(__name__)
 
 MAX_CONSECUTIVE_FAILURES = 50
 CLIP_ERRORS = (UserError, OSError, ValueError, IndexError, RuntimeError, EOFError, KeyError, av.FFmpegError)
-SUPPORTED_FEAT_LENGTH = (2, 2)  # audio_feat_length the chunking of latentsync.audio implements
 
 
 @dataclass

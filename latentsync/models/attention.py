@@ -14,14 +14,15 @@ from torch import nn
 class Attention(nn.Module):
     """Multi-head attention with bias-free q/k/v projections and PyTorch SDPA."""
 
-    def __init__(self, query_dim: int, heads: int, context_dim: int | None = None, qkv_bias: bool = False):
+    def __init__(self, query_dim: int, heads: int, context_dim: int | None = None, qkv_bias: bool = False,
+                 dropout: float = 0.0):
         super().__init__()
         context_dim = context_dim or query_dim
         self.heads = heads
         self.to_q = nn.Linear(query_dim, query_dim, bias=qkv_bias)
         self.to_k = nn.Linear(context_dim, query_dim, bias=qkv_bias)
         self.to_v = nn.Linear(context_dim, query_dim, bias=qkv_bias)
-        self.to_out = nn.ModuleList([nn.Linear(query_dim, query_dim), nn.Dropout(0.0)])
+        self.to_out = nn.ModuleList([nn.Linear(query_dim, query_dim), nn.Dropout(dropout)])
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         context = x if context is None else context
@@ -47,9 +48,9 @@ class GEGLU(nn.Module):
 class FeedForward(nn.Module):
     """GEGLU feed-forward C -> 4C -> C (keys `net.0.proj`, `net.2`)."""
 
-    def __init__(self, dim: int, mult: int = 4):
+    def __init__(self, dim: int, mult: int = 4, dropout: float = 0.0):
         super().__init__()
-        self.net = nn.ModuleList([GEGLU(dim, dim * mult), nn.Dropout(0.0), nn.Linear(dim * mult, dim)])
+        self.net = nn.ModuleList([GEGLU(dim, dim * mult), nn.Dropout(dropout), nn.Linear(dim * mult, dim)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for layer in self.net:

@@ -21,11 +21,11 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from latentsync.errors import UserError
+from latentsync.models.attention import Attention, FeedForward
 
 NORM_GROUPS = 32
 GROUP_NORM_EPS = 1e-6
 ATTENTION_HEADS = 8
-FF_MULT = 4  # GEGLU: C -> 2 * 4C (value and gate) -> 4C -> C
 SYNC_THRESHOLD = 0.5  # cosine above this = "in sync"
 ENCODER_KEYS = ("in_channels", "block_out_channels", "downsample_factors", "attn_blocks", "dropout", "norm_num_groups")
 REQUIRED_ENCODER_KEYS = ("in_channels", "block_out_channels", "downsample_factors")
@@ -75,55 +75,6 @@ class ResnetBlock2D(nn.Module):
         return x
 
 
-class Attention(nn.Module):
-    """Multi-head self-attention over tokens [B, N, C] with biased q/k/v/out projections."""
-
-    def __init__(self, dim: int, heads: int = ATTENTION_HEADS, dropout: float = 0.0):
-        super().__init__()
-        self.heads = heads
-        self.to_q = nn.Linear(dim, dim)
-        self.to_k = nn.Linear(dim, dim)
-        self.to_v = nn.Linear(dim, dim)
-        self.to_out = nn.ModuleList([nn.Linear(dim, dim), nn.Dropout(dropout)])
-
-    def split_heads(self, x: torch.Tensor) -> torch.Tensor:
-        batch, tokens, dim = x.shape
-        return x.reshape(batch, tokens, self.heads, dim // self.heads).transpose(1, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v = (self.split_heads(proj(x)) for proj in (self.to_q, self.to_k, self.to_v))
-        out = F.scaled_dot_product_attention(q, k, v)
-        out = out.transpose(1, 2).reshape(x.shape)
-        for layer in self.to_out:
-            out = layer(out)
-        return out
-
-
-class GEGLU(nn.Module):
-    """Linear projection to twice the width, split into value and gate: value * GELU(gate)."""
-
-    def __init__(self, dim_in: int, dim_out: int):
-        super().__init__()
-        self.proj = nn.Linear(dim_in, dim_out * 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        value, gate = self.proj(x).chunk(2, dim=-1)
-        return value * F.gelu(gate)
-
-
-class FeedForward(nn.Module):
-    """GEGLU feed-forward C -> 4C -> C (keys `net.0.proj`, `net.2`)."""
-
-    def __init__(self, dim: int, dropout: float = 0.0, mult: int = FF_MULT):
-        super().__init__()
-        self.net = nn.ModuleList([GEGLU(dim, dim * mult), nn.Dropout(dropout), nn.Linear(dim * mult, dim)])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for layer in self.net:
-            x = layer(x)
-        return x
-
-
 class AttentionBlock2D(nn.Module):
     """Transformer block on a feature map: GN, 1x1 conv in, self-attention, GEGLU, 1x1 conv out, residual."""
 
@@ -136,7 +87,7 @@ class AttentionBlock2D(nn.Module):
         self.ff = FeedForward(channels, dropout=dropout)
         self.conv_in = nn.Conv2d(channels, channels, 1)
         self.conv_out = nn.Conv2d(channels, channels, 1)
-        self.attn = Attention(channels, dropout=dropout)
+        self.attn = Attention(channels, ATTENTION_HEADS, qkv_bias=True, dropout=dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, channels, height, width = x.shape

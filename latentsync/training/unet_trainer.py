@@ -34,7 +34,6 @@ modules a stage-1 checkpoint lacks and the reference's SD-1.5 dropping rules (SP
 
 import logging
 import math
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -202,6 +201,9 @@ def check_config(config: DictConfig, config_path: str) -> list[str]:
         raise UserError(f"{config_path}: data.batch_size must be at least 1")
     if int(config.ckpt.save_ckpt_steps) < 1:
         raise UserError(f"{config_path}: ckpt.save_ckpt_steps must be at least 1")
+    if config.optimizer.get("lr_scheduler", "constant") not in ("constant", "constant_with_warmup"):
+        raise UserError(f"{config_path}: optimizer.lr_scheduler {config.optimizer.lr_scheduler!r}: only constant "
+                        "(with optional lr_warmup_steps) is supported")
     if run.get("use_syncnet") and not run.get("pixel_space_supervise"):
         raise UserError(f"{config_path}: run.use_syncnet needs run.pixel_space_supervise: true "
                         "(the sync loss scores decoded pixels)")
@@ -313,7 +315,8 @@ def check_files(config: DictConfig, config_path: str, settings: StepSettings) ->
         needed += [("data.val_video_path", data.get("val_video_path") or ""),
                    ("data.val_audio_path", data.get("val_audio_path") or "")]
     for key, value in needed:
-        if not value or not Path(str(value)).exists():
+        hub_id = key == "ckpt.vae_path" and not Path(str(value)).is_absolute() and str(value).count("/") == 1
+        if not value or not (Path(str(value)).exists() or hub_id):  # a VAE may be a hub id when online
             raise UserError(f"{config_path}: {key}: {value or '(empty)'}: not found")
     resolve_mask(data.get("mask_image_path"), config_path)
 
@@ -637,6 +640,31 @@ def lr_lambda(warmup: int):
     return lambda step: min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
 
 
+def make_optimizer(config: DictConfig, params: list, samples_per_step: int):
+    """AdamW (PyTorch defaults, weight decay 0.01) with a constant LR after optional warm-up (SPEC 7.3 step 9)."""
+    opt = config.optimizer
+    lr = float(opt.lr) * (samples_per_step if opt.get("scale_lr", False) else 1)
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=float(opt.get("weight_decay", 1e-2)))
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(int(opt.get("lr_warmup_steps", 0) or 0)))
+
+
+def record_step(history: History, writer, step: int, loss: float, terms: dict, grad_norm: float, lr: float,
+                settings: StepSettings) -> None:
+    """Append a step's numbers to the history and TensorBoard (terms that are switched off are not plotted)."""
+    history.step.append(step)
+    history.loss.append(loss)
+    history.grad_norm.append(grad_norm)
+    for name in LOSS_TERMS:
+        getattr(history, name).append(terms[name])
+    if writer is not None:
+        writer.add_scalar("train/loss", loss, step)
+        for name in LOSS_TERMS:
+            if settings.weights[name] > 0:
+                writer.add_scalar(f"train/{name}_loss", terms[name], step)
+        writer.add_scalar("train/grad_norm", grad_norm, step)
+        writer.add_scalar("train/lr", lr, step)
+
+
 # --------------------------------------------------------------------------------------------
 # validation and charts
 
@@ -773,14 +801,7 @@ def train(options: TrainOptions) -> Path:
         dataset = build_dataset(config, clips, encoder, settings, options.show_progress and main)
 
     trainable = [p for p in unet.parameters() if p.requires_grad]
-    lr = float(config.optimizer.lr)
-    if config.optimizer.get("scale_lr", False):
-        lr *= batch_size * accelerator.num_processes
-    optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=float(config.optimizer.get("weight_decay", 1e-2)))
-    if config.optimizer.get("lr_scheduler", "constant") not in ("constant", "constant_with_warmup"):
-        raise UserError(f"optimizer.lr_scheduler {config.optimizer.lr_scheduler!r}: only constant "
-                        "(with optional lr_warmup_steps) is supported")
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(int(config.optimizer.get("lr_warmup_steps", 0))))
+    optimizer, scheduler = make_optimizer(config, trainable, batch_size * accelerator.num_processes)
     history = History()
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
@@ -844,21 +865,9 @@ def train(options: TrainOptions) -> Path:
 
         step_loss = accelerator.reduce(loss.detach(), "mean").item()
         terms = {k: accelerator.reduce(torch.tensor(v, device=device), "mean").item() for k, v in terms.items()}
-        history.step.append(global_step)
-        history.loss.append(step_loss)
-        history.grad_norm.append(grad_norm)
-        for name in LOSS_TERMS:
-            getattr(history, name).append(terms[name])
-        epoch = (global_step - 1) // steps_per_epoch
+        record_step(history, writer, global_step, step_loss, terms, grad_norm, scheduler.get_last_lr()[0], settings)
         progress.update(1)
-        progress.set_postfix(step_loss=f"{step_loss:.4f}", epoch=epoch)
-        if writer is not None:
-            writer.add_scalar("train/loss", step_loss, global_step)
-            for name in LOSS_TERMS:
-                if settings.weights[name] > 0:
-                    writer.add_scalar(f"train/{name}_loss", terms[name], global_step)
-            writer.add_scalar("train/grad_norm", grad_norm, global_step)
-            writer.add_scalar("train/lr", scheduler.get_last_lr()[0], global_step)
+        progress.set_postfix(step_loss=f"{step_loss:.4f}", epoch=(global_step - 1) // steps_per_epoch)
 
         last = global_step == max_steps
         if validator is not None and (global_step % validation_steps == 0 or last):
