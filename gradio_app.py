@@ -14,7 +14,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from latentsync.app import AppSettings, LipsyncService, find_examples, friendly
+from latentsync.app import AppSettings, LipsyncService, check_video, find_examples, friendly
 from latentsync.errors import UserError
 
 REPO = Path(__file__).resolve().parent
@@ -80,8 +80,6 @@ def make_handler(service: LipsyncService):
 
 def make_video_check(service: LipsyncService):
     """Upload-time feedback on the video: its size and length, or what is wrong with it."""
-
-    from latentsync.app import check_video
 
     def describe(video):
         if not video:

@@ -256,7 +256,8 @@ class RunResult:
 
     @property
     def summary(self) -> str:
-        return f"Done in {self.seconds:.1f} s. Saved to `{self.path}`."
+        notes = "".join(f"\n\nNote: {w}" for w in self.warnings)
+        return f"Done in {self.seconds:.1f} s. Saved to `{self.path}`.{notes}"
 
 
 class LipsyncService:
