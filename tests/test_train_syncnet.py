@@ -180,7 +180,7 @@ def test_training_learns_to_tell_sync_from_off_sync(clips, tmp_path, one_thread)
 
 def test_resume_reproduces_the_uninterrupted_run(clips, tmp_path, one_thread):
     """Run A: 8 steps. Run B: 4 steps, then --resume_from its folder to step 8. Same losses, same weights."""
-    config = write_config(tmp_path / "resume.yaml", clips, gradient_accumulation_steps=2)
+    config = write_config(tmp_path / "resume.yaml", clips, gradient_accumulation_steps=2, cache_frames=True)
     common = dict(device="cpu", num_threads=one_thread)
     run_a = train(TrainOptions(str(config), max_train_steps=8, run_name="a", **common))
     run_b = train(TrainOptions(str(config), max_train_steps=4, run_name="b", **common))

@@ -76,7 +76,11 @@ class Face:
 
 
 class FaceDetector:
-    """Finds every face in an RGB frame; subclasses implement `_detect`."""
+    """Finds every face in an RGB frame; subclasses implement `_detect`.
+
+    An instance is not thread-safe (MediaPipe's graph rejects concurrent calls): give each
+    thread or process its own detector, or serialise calls with a lock.
+    """
 
     name = "base"
 

@@ -266,7 +266,7 @@ class LipsyncPipeline(DiffusionPipeline):
         pending: dict[int, np.ndarray] = {}  # generated faces not yet written (at most one segment)
         segment_iter = iter(segments)
         next_segment = next(segment_iter, None)
-        written = 0
+        written = done_segments = 0
         with VideoWriter(out_path, out_fps, out_w, out_h, crf=opts.crf) as writer:
             current = None
             for j in range(num_out):
@@ -275,9 +275,10 @@ class LipsyncPipeline(DiffusionPipeline):
                                                   generator, opts)
                     for k in range(next_segment.write_from, len(next_segment.frames)):
                         pending[next_segment.frames[k]] = faces[k]
+                    done_segments += 1
                     bar.update(1)
                     if progress:
-                        progress("segments", bar.n, len(segments))
+                        progress("segments", done_segments, len(segments))
                     next_segment = next(segment_iter, None)
                 frame = frames(sources[j])
                 if j in pending:

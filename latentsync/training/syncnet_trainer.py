@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from tqdm import tqdm
@@ -97,7 +98,7 @@ def load_config(options: TrainOptions) -> DictConfig:
         config = OmegaConf.load(path)
         if options.overrides:
             config = OmegaConf.merge(config, OmegaConf.from_dotlist(list(options.overrides)))
-    except (OmegaConfBaseException, ValueError, OSError) as e:
+    except (OmegaConfBaseException, yaml.YAMLError, ValueError, OSError) as e:
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"{path}: not a readable config ({first_line})") from None
     if not isinstance(config, DictConfig):
