@@ -325,7 +325,10 @@ class LipsyncService:
         if progress:
             progress(0.0, "Checking the uploads")
         info, audio_s, options = self.check_inputs(video, audio, steps, guidance, seed)
-        used_frames = min(info.num_frames, math.ceil(audio_s * MODEL_FPS))  # frames the pipeline reads
+        from latentsync.video import count_frames
+
+        # frames the pipeline reads (at 25 fps; info.num_frames counts the source rate)
+        used_frames = min(count_frames(video, MODEL_FPS), math.ceil(audio_s * MODEL_FPS))
         collector = _WarningCollector()
         pipe_logger = logging.getLogger(PIPELINE_LOGGER)
         with self._lock:  # the detector and the models are not safe to share between threads

@@ -25,7 +25,6 @@ import os
 import random
 import tempfile
 from pathlib import Path
-from typing import Sequence
 
 import av
 import numpy as np
