@@ -4,12 +4,10 @@
 """
 
 import argparse
-import logging
 import sys
-from pathlib import Path
 
 from latentsync.device import pick_device
-from latentsync.errors import EXIT_USER_ERROR, UserError
+from scripts._cli import require_dirs, run_cli
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -27,9 +25,7 @@ def run(args: argparse.Namespace) -> float:
     from latentsync.eval import fvd
     from latentsync.eval.syncnet_v2 import make_detector
 
-    for folder in (args.real_videos_dir, args.fake_videos_dir):
-        if not Path(folder).is_dir():
-            raise UserError(f"{folder}: not a directory")
+    require_dirs(args.real_videos_dir, args.fake_videos_dir)
     device = pick_device(args.device)
     model = fvd.load_i3d(args.i3d_path, device)
     detector = make_detector(args.face_detector)
@@ -39,14 +35,7 @@ def run(args: argparse.Namespace) -> float:
 
 
 def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    args = parse_args(argv)
-    try:
-        run(args)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    return 0
+    return run_cli(lambda: run(parse_args(argv)))
 
 
 if __name__ == "__main__":

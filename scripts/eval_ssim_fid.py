@@ -5,12 +5,11 @@
 """
 
 import argparse
-import logging
 import sys
-from pathlib import Path
 
 from latentsync.device import pick_device
-from latentsync.errors import EXIT_USER_ERROR, UserError
+from latentsync.errors import UserError
+from scripts._cli import require_dirs, run_cli
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -29,9 +28,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def run(args: argparse.Namespace) -> dict:
     from latentsync.eval.image_metrics import InceptionFeatures, evaluate_folders
 
-    for folder in (args.real_videos_dir, args.fake_videos_dir):
-        if not Path(folder).is_dir():
-            raise UserError(f"{folder}: not a directory")
+    require_dirs(args.real_videos_dir, args.fake_videos_dir)
     if args.frame_stride < 1:
         raise UserError(f"--frame_stride {args.frame_stride}: must be at least 1")
     extractor = None if args.no_fid else InceptionFeatures(args.inception_path, pick_device(args.device))
@@ -45,14 +42,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    args = parse_args(argv)
-    try:
-        run(args)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    return 0
+    return run_cli(lambda: run(parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -5,12 +5,12 @@
 """
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
 from latentsync.device import pick_device
-from latentsync.errors import EXIT_USER_ERROR, UserError
+from latentsync.errors import UserError
+from scripts._cli import require_dirs, run_cli
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -33,8 +33,8 @@ def run(args: argparse.Namespace) -> None:
 
     if args.video_path and not Path(args.video_path).is_file():
         raise UserError(f"{args.video_path}: video file not found")
-    if args.videos_dir and not Path(args.videos_dir).is_dir():
-        raise UserError(f"{args.videos_dir}: not a directory")
+    if args.videos_dir:
+        require_dirs(args.videos_dir)
     device = pick_device(args.device)
     model = sv.load_syncnet_v2(args.initial_model, device)
     detector = sv.make_detector(args.face_detector)
@@ -58,14 +58,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    args = parse_args(argv)
-    try:
-        run(args)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    return 0
+    return run_cli(lambda: run(parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ ImageNet ResNet-50 weights (the KonIQ file overwrites every one of them anyway, 
 from __future__ import annotations
 
 import os
-from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +28,7 @@ import torchvision
 from torch import nn
 
 from latentsync.errors import UserError
+from latentsync.eval.weights import load_weights_strictly
 
 HYPER_IQA_PATH = "checkpoints/auxiliary/koniq_pretrained.pkl"
 HYPER_IQA_SOURCE = ("`huggingface-cli download ByteDance/LatentSync-1.5 "
@@ -163,40 +163,7 @@ def load_hyper_iqa(path: str | os.PathLike = HYPER_IQA_PATH, device="cpu") -> Hy
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: hyperIQA checkpoint not found; get it with {HYPER_IQA_SOURCE}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # unpickling errors have many types
-        first = f"{exc}".splitlines()[0] if f"{exc}" else type(exc).__name__
-        raise UserError(f"{path}: not a loadable weights-only torch file ({first})") from None
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]
-    if not isinstance(state, dict):
-        raise UserError(f"{path}: expected a state dict, found {type(state).__name__}")
-    model = HyperNet()
-    _check_state_dict(model, state, path)
-    full = OrderedDict(model.state_dict())
-    full.update(state)
-    model.load_state_dict(full, strict=True)
-    return model.to(device).eval()
-
-
-def _check_state_dict(model: nn.Module, state: dict, path: Path) -> None:
-    """UserError naming the first unexpected, missing or mis-shaped key (BatchNorm
-    `num_batches_tracked` counters may be absent; eval mode does not use them)."""
-    expected = model.state_dict()
-    unexpected = [k for k in state if k not in expected]
-    if unexpected:
-        raise UserError(f"{path}: unexpected key {unexpected[0]!r} ({len(unexpected)} "
-                        "unexpected); not a hyperIQA HyperNet state dict")
-    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
-    if missing:
-        raise UserError(f"{path}: missing key {missing[0]!r} ({len(missing)} missing); "
-                        "not a hyperIQA HyperNet state dict")
-    for key, value in state.items():
-        if not isinstance(value, torch.Tensor) or value.shape != expected[key].shape:
-            shape = list(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-            raise UserError(f"{path}: key {key!r} has shape {shape}, "
-                            f"expected {list(expected[key].shape)}")
+    return load_weights_strictly(HyperNet(), path, device, "hyperIQA HyperNet", wrapper_key="model")
 
 
 def preprocess(frames: np.ndarray) -> torch.Tensor:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import csv
 import logging
 import os
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +36,7 @@ from torch import nn
 
 from latentsync.errors import UserError
 from latentsync.eval.media import iter_frames, list_videos, read_audio_int16
+from latentsync.eval.weights import load_weights_strictly
 
 logger = logging.getLogger(__name__)
 
@@ -119,48 +119,12 @@ class SyncNetV2(nn.Module):
         return self.forward_aud(mfcc), self.forward_lip(frames)
 
 
-def check_state_dict(model: nn.Module, state: dict, source: str) -> None:
-    """Raise UserError naming the first key of `state` that does not fit `model` exactly.
-
-    `num_batches_tracked` may be absent (files saved by old PyTorch versions lack it); it is
-    not used in eval mode.
-    """
-    expected = model.state_dict()
-    unexpected = [k for k in state if k not in expected]
-    if unexpected:
-        raise UserError(f"{source}: unexpected key {unexpected[0]!r} "
-                        f"({len(unexpected)} unexpected); not a SyncNet v2 state dict")
-    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
-    if missing:
-        raise UserError(f"{source}: missing key {missing[0]!r} ({len(missing)} missing); "
-                        "not a SyncNet v2 state dict")
-    for key, value in state.items():
-        if not isinstance(value, torch.Tensor) or value.shape != expected[key].shape:
-            shape = list(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-            raise UserError(f"{source}: key {key!r} has shape {shape}, "
-                            f"expected {list(expected[key].shape)}")
-
-
 def load_syncnet_v2(path: str | os.PathLike = SYNCNET_V2_PATH, device="cpu") -> SyncNetV2:
     """SyncNetV2 in eval mode with the weights of `path` (a plain state dict), loaded strictly."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: SyncNet v2 checkpoint not found; {SYNCNET_V2_SOURCE}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # unpickling errors have many types
-        raise UserError(f"{path}: not a loadable weights-only torch file "
-                        f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise UserError(f"{path}: expected a state dict, found {type(state).__name__}")
-    model = SyncNetV2()
-    check_state_dict(model, state, str(path))
-    full = OrderedDict(model.state_dict())
-    full.update(state)
-    model.load_state_dict(full, strict=True)
-    return model.to(device).eval()
+    return load_weights_strictly(SyncNetV2(), path, device, "SyncNet v2", wrapper_key="state_dict")
 
 
 # ----------------------------------------------------------------------------------------

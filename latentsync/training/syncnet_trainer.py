@@ -22,35 +22,32 @@ reproduces the uninterrupted run.
 
 import contextlib
 import logging
-import os
 import random
-import re
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 from tqdm import tqdm
 
 from latentsync.data.syncnet_dataset import SyncNetDataset, videos_from_config
 from latentsync.errors import UserError
 from latentsync.models.checkpoint import load_into, read_state_dict
 from latentsync.models.stable_syncnet import StableSyncNet, sync_accuracy, sync_loss
+from latentsync.training import state as state_lib
+from latentsync.training.state import (IndexBatches, atomic_save, find_state_file, new_run_dir, prune,
+                                       load_run_config, read_training_state, rng_state, run_dir_of, save_figure, set_rng_state)
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "checkpoint-{step}.pt"
 STATE_NAME = "training-state-{step}.pt"
-STATE_PATTERN = re.compile(r"training-state-(\d+)\.pt$")
+STATE_PATTERN = r"training-state-(\d+)\.pt$"
 STATE_FORMAT = "latentsync-syncnet-training-state"
 STATE_VERSION = 1
 VAL_SEED_OFFSET = 1_000_003  # validation samples never repeat the training draws
 VAL_FRAMES_PER_BATCH = 640  # validation batch = min(640 // num_frames, batch_size) (SPEC 8)
-PRECISIONS = ("no", "fp16", "bf16")
 REQUIRED_KEYS = (
     "model", "data.batch_size", "data.num_frames", "data.resolution", "data.lower_half",
     "data.train_output_dir", "data.num_val_samples", "optimizer.lr", "optimizer.max_grad_norm",
@@ -91,27 +88,10 @@ class History:
 
 def load_config(options: TrainOptions) -> DictConfig:
     """The YAML config with command-line overrides applied; UserError for anything unusable."""
-    path = Path(options.config_path)
-    if not path.is_file():
-        raise UserError(f"{path}: config file not found")
-    try:
-        config = OmegaConf.load(path)
-        if options.overrides:
-            config = OmegaConf.merge(config, OmegaConf.from_dotlist(list(options.overrides)))
-    except (OmegaConfBaseException, yaml.YAMLError, ValueError, OSError) as e:
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{path}: not a readable config ({first_line})") from None
-    if not isinstance(config, DictConfig):
-        raise UserError(f"{path}: expected a mapping with sections model, ckpt, data, optimizer, run")
-    if options.train_output_dir is not None:
-        config.data.train_output_dir = options.train_output_dir
-    if options.max_train_steps is not None:
-        config.run.max_train_steps = int(options.max_train_steps)
-    for key in REQUIRED_KEYS:
-        if OmegaConf.select(config, key, default=None) is None:
-            raise UserError(f"{path}: missing setting {key}")
+    config = load_run_config(options.config_path, options.overrides, "model, ckpt, data, optimizer, run",
+                             REQUIRED_KEYS, options.train_output_dir, options.max_train_steps)
     if config.data.get("latent_space", False):
-        raise UserError(f"{path}: data.latent_space: true (VAE-latent SyncNet) is not supported by this trainer")
+        raise UserError(f"{Path(options.config_path)}: data.latent_space: true (VAE-latent SyncNet) is not supported by this trainer")
     return config
 
 
@@ -158,50 +138,15 @@ def build_datasets(config: DictConfig) -> tuple[SyncNetDataset, SyncNetDataset |
     return train_set, val_set
 
 
-def choose_precision(config: DictConfig, requested: str | None, cuda: bool) -> str:
-    """Accelerate's mixed_precision: fp16 (config default) only on CUDA, bf16 if asked, else no."""
-    if requested is None:
-        requested = config.run.get("mixed_precision") or ("fp16" if config.run.get("mixed_precision_training") else "no")
-    if requested not in PRECISIONS:
-        raise UserError(f"mixed precision {requested!r}: expected one of {', '.join(PRECISIONS)}")
-    if requested == "fp16" and not cuda:
-        return "no"
-    return requested
-
-
 def make_accelerator(config: DictConfig, options: TrainOptions):
-    """An `accelerate.Accelerator` on the requested device (CPU forced with device=cpu)."""
-    from accelerate import Accelerator
-
-    device = (options.device or "auto").lower()
-    if device not in ("auto", "cpu", "cuda", "mps") and not device.startswith("cuda:"):
-        raise UserError(f"--device {options.device!r}: expected auto, cpu, cuda or mps")
-    cpu = device == "cpu" or (device.startswith("cuda") and not torch.cuda.is_available())
-    if cpu and device != "cpu":
-        logger.warning("CUDA was requested but is not available; training on the CPU")
-    precision = choose_precision(config, options.mixed_precision, cuda=not cpu and torch.cuda.is_available())
-    return Accelerator(mixed_precision=precision, cpu=cpu)
+    """An `accelerate.Accelerator` on the requested device; mixed precision from the options or
+    the config (run.mixed_precision, else fp16 if run.mixed_precision_training), fp16 only on CUDA."""
+    default = config.run.get("mixed_precision") or ("fp16" if config.run.get("mixed_precision_training") else "no")
+    return state_lib.make_accelerator(options.device, options.mixed_precision, default)
 
 
 # --------------------------------------------------------------------------------------------
 # data loading
-
-
-class IndexBatches(torch.utils.data.Sampler):
-    """Endless batches of sample indices: micro-batch k of process r holds (k*world + r)*B ... +B-1.
-
-    Starting at micro-batch `start` after a resume continues the exact sample sequence.
-    """
-
-    def __init__(self, batch_size: int, start: int = 0, rank: int = 0, world_size: int = 1):
-        self.batch_size, self.start, self.rank, self.world_size = batch_size, start, rank, world_size
-
-    def __iter__(self):
-        k = self.start
-        while True:
-            first = (k * self.world_size + self.rank) * self.batch_size
-            yield list(range(first, first + self.batch_size))
-            k += 1
 
 
 def make_loader(dataset, batch_sampler, num_workers: int, pin_memory: bool):
@@ -211,79 +156,6 @@ def make_loader(dataset, batch_sampler, num_workers: int, pin_memory: bool):
 
 # --------------------------------------------------------------------------------------------
 # run folder, checkpoints, resume
-
-
-def new_run_dir(config: DictConfig, run_name: str | None) -> Path:
-    name = run_name or time.strftime("train-%Y_%m_%d-%H_%M_%S")
-    run_dir = Path(config.data.train_output_dir) / name
-    if (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
-        raise UserError(f"{run_dir}: run folder already has checkpoints; use --resume_from {run_dir} "
-                        "or another --run_name")
-    return run_dir
-
-
-def find_state_file(resume_from: str) -> Path:
-    """The training-state file to resume from: the given file, or the newest one in a run folder."""
-    path = Path(resume_from)
-    if path.is_file():
-        return path
-    if not path.is_dir():
-        raise UserError(f"{path}: --resume_from must be a run folder or a training-state file")
-    candidates = [(int(m.group(1)), p) for p in (path / "checkpoints").glob("training-state-*.pt")
-                  if (m := STATE_PATTERN.search(p.name))]
-    if not candidates:
-        raise UserError(f"{path}: no checkpoints/training-state-<step>.pt to resume from")
-    return max(candidates)[1]
-
-
-def read_training_state(path: Path) -> dict:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle, zip and torch errors all mean "not a usable file"
-        raise UserError(f"{path}: not a readable training-state file ({str(e).splitlines()[0]})") from None
-    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise UserError(f"{path}: not a SyncNet training-state file (an official checkpoint-<step>.pt "
-                        "can be used as ckpt.resume_ckpt_path instead)")
-    return state
-
-
-def run_dir_of(state_path: Path) -> Path:
-    parent = state_path.resolve().parent
-    return parent.parent if parent.name == "checkpoints" else parent
-
-
-def atomic_save(obj, path: Path) -> None:
-    """torch.save to a temporary name in the same folder, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def rng_state() -> dict:
-    """Python, NumPy and torch RNG states in a form torch.load(weights_only=True) accepts."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    return {
-        "python": random.getstate(),
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-
-
-def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def save_checkpoints(run_dir: Path, step: int, model, optimizer, scheduler, scaler, history: History,
@@ -300,10 +172,7 @@ def save_checkpoints(run_dir: Path, step: int, model, optimizer, scheduler, scal
         "history": asdict(history), "config": OmegaConf.to_container(config, resolve=True),
     }
     atomic_save(state, folder / STATE_NAME.format(step=step))
-    old_states = sorted((int(m.group(1)), p) for p in folder.glob("training-state-*.pt")
-                        if (m := STATE_PATTERN.search(p.name)))
-    for _, path in old_states[:-keep_states] if keep_states > 0 else []:
-        path.unlink(missing_ok=True)
+    prune(folder, STATE_PATTERN, keep_states)
     return checkpoint
 
 
@@ -358,15 +227,8 @@ def save_chart(run_dir: Path, step: int, history: History) -> Path:
         ax.set_ylabel(name)
         ax.legend()
         ax.grid(alpha=0.3)
-    fig.suptitle(f"SyncNet training, step {step}")
-    fig.tight_layout()
-    path = run_dir / "loss_charts" / f"loss_chart-{step}.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, run_dir / "loss_charts" / f"loss_chart-{step}.png", f"SyncNet training, step {step}",
+                       dpi=100)
 
 
 # --------------------------------------------------------------------------------------------
@@ -398,8 +260,8 @@ def train(options: TrainOptions) -> Path:
     # new run, or continue one
     global_step, history, state = 0, History(), None
     if options.resume_from:
-        state_path = find_state_file(options.resume_from)
-        state = read_training_state(state_path)
+        state_path = find_state_file(options.resume_from, STATE_PATTERN)
+        state = read_training_state(state_path, STATE_FORMAT, "SyncNet")
         run_dir = run_dir_of(state_path)
         load_into(model, state["state_dict"], str(state_path))
         optimizer.load_state_dict(state["optimizer"])
@@ -407,7 +269,7 @@ def train(options: TrainOptions) -> Path:
         global_step, history = int(state["global_step"]), History(**state["history"])
         logger.info("resuming %s at step %d", run_dir, global_step)
     else:
-        run_dir = new_run_dir(config, options.run_name)
+        run_dir = new_run_dir(config.data.train_output_dir, options.run_name)
         if config.ckpt.get("resume_ckpt_path"):
             global_step, history = load_initial_weights(model, str(config.ckpt.resume_ckpt_path))
     model, optimizer = accelerator.prepare(model, optimizer)

@@ -35,7 +35,6 @@ modules a stage-1 checkpoint lacks and the reference's SD-1.5 dropping rules (SP
 import logging
 import math
 import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,12 +42,13 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 from tqdm import tqdm
 
 from latentsync.errors import UserError
-from latentsync.training.state import (atomic_save, find_state_file, prune, rng_state, run_dir_of, save_curves,
-                                       set_rng_state, step_generator)
+from latentsync.training import state as state_lib
+from latentsync.training.state import (IndexBatches, atomic_save, find_state_file, new_run_dir, prune,
+                                       load_run_config, read_training_state, rng_state, run_dir_of, save_curves, set_rng_state,
+                                       step_generator)
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +59,6 @@ STATE_PATTERN = r"training-state-(\d+)\.pt$"
 STATE_FORMAT = "latentsync-unet-training-state"
 STATE_VERSION = 1
 VAE_SCALING = 0.18215  # the reference's latent scale (overrides the VAE config)
-PRECISIONS = ("no", "fp16", "bf16")
 MAX_MOTION_FRAMES = 24  # temporal_position_encoding_max_len of every config
 LOSS_TERMS = ("recon", "sync", "lpips", "trepa")
 WEIGHT_KEYS = {"recon": "recon_loss_weight", "sync": "sync_loss_weight", "lpips": "perceptual_loss_weight",
@@ -153,26 +152,8 @@ class StepSettings:
 
 def load_config(options: TrainOptions) -> DictConfig:
     """The UNet YAML with overrides applied; missing new keys get their defaults."""
-    path = Path(options.unet_config_path)
-    if not path.is_file():
-        raise UserError(f"{path}: config file not found")
-    try:
-        config = OmegaConf.load(path)
-        if options.overrides:
-            config = OmegaConf.merge(config, OmegaConf.from_dotlist(list(options.overrides)))
-    except (OmegaConfBaseException, ValueError, OSError) as e:
-        text = str(e).strip()
-        raise UserError(f"{path}: not a readable config ({text.splitlines()[0] if text else type(e).__name__})") from None
-    if not isinstance(config, DictConfig):
-        raise UserError(f"{path}: expected a mapping with sections data, ckpt, run, optimizer, model")
-    OmegaConf.set_struct(config, False)
-    if options.train_output_dir is not None:
-        config.data.train_output_dir = options.train_output_dir
-    if options.max_train_steps is not None:
-        config.run.max_train_steps = int(options.max_train_steps)
-    for key in REQUIRED_KEYS:
-        if OmegaConf.select(config, key, default=None) is None:
-            raise UserError(f"{path}: missing setting {key}")
+    config = load_run_config(options.unet_config_path, options.overrides, "data, ckpt, run, optimizer, model",
+                             REQUIRED_KEYS, options.train_output_dir, options.max_train_steps)
     for key, default in DEFAULT_PATHS.items():
         if OmegaConf.select(config, key, default=None) is None:
             OmegaConf.update(config, key, default)
@@ -333,31 +314,11 @@ def resolve_mask(configured, config_path: str = "config") -> Path:
     raise UserError(f"{config_path}: data.mask_image_path: {configured}: not found")
 
 
-def choose_precision(config: DictConfig, requested: str | None, cuda: bool) -> str:
-    """Accelerate's mixed_precision: fp16 (config default) only on CUDA, bf16 if asked, else no."""
-    if requested is None:
-        requested = "fp16" if config.run.get("mixed_precision_training", False) else "no"
-    if requested not in PRECISIONS:
-        raise UserError(f"mixed precision {requested!r}: expected one of {', '.join(PRECISIONS)}")
-    if requested == "fp16" and not cuda:
-        return "no"
-    return requested
-
-
 def make_accelerator(config: DictConfig, options: TrainOptions):
-    """An `accelerate.Accelerator` on the requested device (the CPU with device=cpu)."""
-    from accelerate import Accelerator
-
-    device = (options.device or "auto").lower()
-    if device not in ("auto", "cpu", "cuda", "mps") and not device.startswith("cuda:"):
-        raise UserError(f"--device {options.device!r}: expected auto, cpu, cuda or mps")
-    cpu = device == "cpu" or (device.startswith("cuda") and not torch.cuda.is_available())
-    if cpu and device != "cpu":
-        logger.warning("CUDA was requested but is not available; training on the CPU")
-    if device.startswith("cuda:") and torch.cuda.is_available():
-        torch.cuda.set_device(torch.device(device))
-    precision = choose_precision(config, options.mixed_precision, cuda=not cpu and torch.cuda.is_available())
-    return Accelerator(mixed_precision=precision, cpu=cpu)
+    """An `accelerate.Accelerator` on the requested device; mixed precision from the options, else
+    fp16 if run.mixed_precision_training (fp16 only on CUDA)."""
+    default = "fp16" if config.run.get("mixed_precision_training", False) else "no"
+    return state_lib.make_accelerator(options.device, options.mixed_precision, default)
 
 
 # --------------------------------------------------------------------------------------------
@@ -562,23 +523,6 @@ def training_step(models: Models, batch: dict, settings: StepSettings, generator
 # data loading
 
 
-class IndexBatches(torch.utils.data.Sampler):
-    """Endless batches of sample indices: step k of process r gets (k*world + r)*B ... +B-1.
-
-    Starting at step `start` after a resume continues the exact sample sequence.
-    """
-
-    def __init__(self, batch_size: int, start: int = 0, rank: int = 0, world_size: int = 1):
-        self.batch_size, self.start, self.rank, self.world_size = batch_size, start, rank, world_size
-
-    def __iter__(self):
-        k = self.start
-        while True:
-            first = (k * self.world_size + self.rank) * self.batch_size
-            yield list(range(first, first + self.batch_size))
-            k += 1
-
-
 def build_dataset(config: DictConfig, clips: list[str], encoder, settings: StepSettings, show_progress: bool):
     from latentsync.data.unet_dataset import UNetDataOptions, UNetDataset, prepare_audio_features
 
@@ -595,26 +539,6 @@ def build_dataset(config: DictConfig, clips: list[str], encoder, settings: StepS
 
 # --------------------------------------------------------------------------------------------
 # run folder, checkpoints, resume
-
-
-def new_run_dir(config: DictConfig, run_name: str | None) -> Path:
-    name = run_name or time.strftime("train-%Y_%m_%d-%H_%M_%S")
-    run_dir = Path(config.data.train_output_dir) / name
-    if (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
-        raise UserError(f"{run_dir}: run folder already has checkpoints; use --resume_from {run_dir} "
-                        "or another --run_name")
-    return run_dir
-
-
-def read_training_state(path: Path) -> dict:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle, zip and torch errors all mean "not a usable file"
-        raise UserError(f"{path}: not a readable training-state file ({str(e).splitlines()[0]})") from None
-    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise UserError(f"{path}: not a UNet training-state file (an official checkpoint-<step>.pt can be "
-                        "used as ckpt.resume_ckpt_path instead)")
-    return state
 
 
 def save_checkpoints(run_dir: Path, step: int, unet, optimizer, scheduler, scaler, history: History,
@@ -755,7 +679,7 @@ def train(options: TrainOptions) -> Path:
     state = None
     if options.resume_from:
         state_path = find_state_file(options.resume_from, STATE_PATTERN)
-        state = read_training_state(state_path)
+        state = read_training_state(state_path, STATE_FORMAT, "UNet")
         if not options.unet_config_path:
             options.unet_config_path = str(run_dir_of(state_path) / "config.yaml")
     if not options.unet_config_path:
@@ -764,7 +688,7 @@ def train(options: TrainOptions) -> Path:
     config_path = options.unet_config_path
     clips = check_config(config, config_path)  # everything a user can get wrong, before any weights
     settings = StepSettings.from_config(config)
-    run_dir = run_dir_of(state_path) if state is not None else new_run_dir(config, options.run_name)
+    run_dir = run_dir_of(state_path) if state is not None else new_run_dir(config.data.train_output_dir, options.run_name)
     if state is not None and not (run_dir / "checkpoints" / state["checkpoint"]).is_file():
         raise UserError(f"{run_dir / 'checkpoints' / state['checkpoint']}: checkpoint of the training state is missing")
 
