@@ -11,7 +11,6 @@ take hours on a CPU; memory growth with length is what this part measures).
 """
 
 import argparse
-import resource
 import subprocess
 import sys
 import tempfile
@@ -36,7 +35,8 @@ def timed(fn):
 
 
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    with open("/proc/self/status") as f:  # VmHWM: peak RSS of this process
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
 
 
 def segment_timings(config_name: str, steps: int) -> dict:
@@ -89,10 +89,12 @@ def segment_timings(config_name: str, steps: int) -> dict:
 
 
 RSS_SCRIPT = """
-import resource, sys
+import sys
 from scripts.inference import main
 code = main(sys.argv[1:])
-print("MAXRSS", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+# VmHWM is the peak RSS of this process image (ru_maxrss would include the forking parent's peak)
+with open("/proc/self/status") as f:
+    print("MAXRSS", next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")))
 sys.exit(code)
 """
 

@@ -367,11 +367,13 @@ def test_bad_inputs_are_user_errors_naming_the_file(media, tmp_path, kind, reade
 # memory
 
 MEMORY_SCRIPT = """
-import json, resource, sys, psutil
+import json, sys, psutil
 from latentsync.video import iter_frames
 
 def peak():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: kB
+    # VmHWM: peak RSS of this process image (ru_maxrss would include the forking parent's peak)
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) * 1024
 
 process = psutil.Process()
 stats = {"start": process.memory_info().rss, "frames": 0, "rss_max": 0}

@@ -19,67 +19,26 @@ failures in a row the dataset raises instead of retrying forever; s is drawn onl
 starts whose mel window fits, instead of redrawing the whole sample when the audio is short.
 """
 
-import hashlib
-import logging
 import os
 import random
-import tempfile
 from pathlib import Path
 
 import av
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from latentsync.audio import load_audio, mel_window, mel_window_length, syncnet_melspectrogram
+from latentsync.audio import mel_window, mel_window_length
+from latentsync.data.common import (MelCache, find_videos, frames_to_pixels, read_file_list, report_skip,
+                                    resized_uint8, sample_rng)
 from latentsync.errors import UserError
 from latentsync.video import count_frames, read_frames
 
-logger = logging.getLogger(__name__)
-
-VIDEO_SUFFIX = ".mp4"
-MEL_CACHE_VERSION = 1  # bump when the mel computation changes (invalidates cached files)
-MEL_BANDS = 80
 MAX_CONSECUTIVE_FAILURES = 50
 CLIP_ERRORS = (UserError, OSError, ValueError, IndexError, RuntimeError, EOFError, av.FFmpegError)
 
 
 # --------------------------------------------------------------------------------------------
 # file lists
-
-
-def read_file_list(list_path: str | os.PathLike) -> list[str]:
-    """Video paths of a file list: one per line; blank lines and '#' comments skipped.
-
-    Relative paths are taken relative to the list's folder.
-    """
-    list_path = Path(list_path)
-    if not list_path.is_file():
-        raise UserError(f"{list_path}: file list not found")
-    try:
-        lines = list_path.read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"{list_path}: cannot read the file list ({e})") from None
-    paths = []
-    for line in lines:
-        line = line.strip()
-        if line and not line.startswith("#"):
-            path = Path(line)
-            paths.append(str(path if path.is_absolute() else list_path.parent / path))
-    if not paths:
-        raise UserError(f"{list_path}: the file list names no videos")
-    return paths
-
-
-def find_videos(data_dir: str | os.PathLike) -> list[str]:
-    """All `.mp4` files under `data_dir` (recursive), sorted so the order is reproducible."""
-    data_dir = Path(data_dir)
-    if not data_dir.is_dir():
-        raise UserError(f"{data_dir}: data folder not found")
-    paths = sorted(str(p) for p in data_dir.rglob(f"*{VIDEO_SUFFIX}") if p.is_file())
-    if not paths:
-        raise UserError(f"{data_dir}: no {VIDEO_SUFFIX} files in this folder")
-    return paths
 
 
 def resolve_videos(source) -> list[str]:
@@ -107,86 +66,15 @@ def videos_from_config(fileslist: str | None, data_dir: str | None, what: str = 
 # helpers
 
 
-def sample_rng(seed: int, epoch: int, index: int) -> random.Random:
-    """A private RNG for one sample, the same in every process and Python version."""
-    digest = hashlib.sha256(f"syncnet-sample/{seed}/{epoch}/{index}".encode()).digest()
-    return random.Random(int.from_bytes(digest[:8], "little"))
-
-
 def frames_to_tensor(frames: np.ndarray, resolution: int, lower_half: bool) -> torch.Tensor:
     """uint8 RGB `[F, H, W, 3]` -> float `[3F, res/2 or res, res]` in [-1, 1], frame-major channels.
 
     Resizes with bicubic + antialias only when the frames are not already res x res.
     """
-    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()  # [F, 3, H, W]
-    if x.shape[-2:] != (resolution, resolution):
-        x = F.interpolate(x, size=(resolution, resolution), mode="bicubic", antialias=True, align_corners=False)
-        x = x.clamp(0.0, 255.0).round()  # as if resized in uint8
-    x = x / 127.5 - 1.0
+    x = frames_to_pixels(frames, resolution)  # [F, 3, res, res]
     if lower_half:
         x = x[:, :, resolution // 2:, :]
     return x.reshape(-1, *x.shape[2:])  # channel index = 3 * frame + colour
-
-
-# --------------------------------------------------------------------------------------------
-# mel cache
-
-
-class MelCache:
-    """SyncNet mel spectrograms `[80, T]` (float32) of clips, cached on disk when a folder is given.
-
-    The key hashes the absolute path, size, modification time and the mel settings, so an edited
-    or replaced clip is recomputed and clips with equal names in different folders never collide.
-    """
-
-    def __init__(self, cache_dir: str | os.PathLike | None, sample_rate: int = 16000):
-        self.cache_dir = Path(cache_dir) if cache_dir else None
-        self.sample_rate = sample_rate
-
-    def key(self, path: str) -> str:
-        stat = os.stat(path)
-        text = f"v{MEL_CACHE_VERSION}|{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}|sr{self.sample_rate}"
-        return hashlib.sha256(text.encode()).hexdigest()
-
-    def get(self, path: str) -> np.ndarray:
-        if self.cache_dir is None:
-            return self.compute(path)
-        cache_path = self.cache_dir / f"{self.key(path)}.npy"
-        mel = self.read(cache_path)
-        if mel is None:
-            mel = self.compute(path)
-            self.write(cache_path, mel)
-        return mel
-
-    def compute(self, path: str) -> np.ndarray:
-        return syncnet_melspectrogram(load_audio(path, self.sample_rate)).astype(np.float32)
-
-    @staticmethod
-    def read(cache_path: Path) -> np.ndarray | None:
-        """The cached mel, or None if absent; an unreadable file is reported and recomputed."""
-        if not cache_path.is_file():
-            return None
-        try:
-            mel = np.load(cache_path, allow_pickle=False)
-            if mel.ndim != 2 or mel.shape[0] != MEL_BANDS or mel.dtype != np.float32:
-                raise ValueError(f"unexpected array {mel.dtype} {mel.shape}")
-        except (OSError, ValueError, EOFError) as e:
-            logger.warning("%s: ignoring unreadable mel cache file (%s)", cache_path, e)
-            return None
-        return mel
-
-    @staticmethod
-    def write(cache_path: Path, mel: np.ndarray) -> None:
-        """Save under a temporary name and rename, so concurrent readers never see half a file."""
-        cache_path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=cache_path.parent, prefix=cache_path.stem, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.save(f, mel, allow_pickle=False)
-            os.replace(tmp, cache_path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
 
 
 # --------------------------------------------------------------------------------------------
@@ -214,13 +102,12 @@ class SyncNetDataset(torch.utils.data.Dataset):
         self.fps = fps
         self.length = len(self.paths) if length is None else int(length)
         self.mel_length = mel_window_length(self.num_frames, fps)
-        self.mels = MelCache(mel_cache_dir, sample_rate)
+        self.mels = MelCache(mel_cache_dir, sample_rate, keep_in_memory=cache_frames)
         self.cache_frames = cache_frames
         self.max_consecutive_failures = max_consecutive_failures
         self.epoch = 0
         self._num_frames: dict[str, int] = {}  # per-process memo of clip lengths
         self._clips: dict[str, np.ndarray] = {}  # decoded clips when cache_frames
-        self._mel_memo: dict[str, np.ndarray] = {}  # mels when cache_frames
         self._reported: set[str] = set()
 
     def __len__(self) -> int:
@@ -231,7 +118,7 @@ class SyncNetDataset(torch.utils.data.Dataset):
         self.epoch = int(epoch)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        rng = sample_rng(self.seed, self.epoch, int(index))
+        rng = sample_rng("syncnet-sample", self.seed, self.epoch, int(index))
         last_error = ""
         for _ in range(self.max_consecutive_failures):
             path = rng.choice(self.paths)
@@ -244,20 +131,14 @@ class SyncNetDataset(torch.utils.data.Dataset):
             if sample is not None:
                 return sample
             last_error = f"{path}: {reason}"
-            self.report_skip(path, reason)
+            report_skip(self._reported, path, reason)
         raise UserError(f"{self.max_consecutive_failures} clips in a row could not be used "
                         f"(check the data list); last: {last_error}")
-
-    def report_skip(self, path: str, reason: str) -> None:
-        """One warning per broken clip and process (later skips of it are debug messages)."""
-        level = logging.DEBUG if path in self._reported else logging.WARNING
-        self._reported.add(path)
-        logger.log(level, "skipping clip %s (%s); drawing another one", path, reason)
 
     def sample_clip(self, path: str, rng: random.Random) -> dict[str, torch.Tensor] | None:
         """One sample from `path`, or None when the clip is too short."""
         num_frames = self.clip_length(path)
-        mel = self.clip_mel(path)
+        mel = self.mels.get(path)
         F_ = self.num_frames
         if num_frames < 2 * F_:
             return None
@@ -284,22 +165,11 @@ class SyncNetDataset(torch.utils.data.Dataset):
             self._num_frames[path] = count_frames(path, self.fps)
         return self._num_frames[path]
 
-    def clip_mel(self, path: str) -> np.ndarray:
-        if not self.cache_frames:
-            return self.mels.get(path)
-        if path not in self._mel_memo:
-            self._mel_memo[path] = self.mels.get(path)
-        return self._mel_memo[path]
-
     def clip_frames(self, path: str, start: int) -> np.ndarray:
         """uint8 frames start .. start+F-1 (resized to the training size when cached in memory)."""
         if not self.cache_frames:
             return read_frames(path, start, self.num_frames, fps=self.fps)
         if path not in self._clips:
             frames = read_frames(path, 0, self.clip_length(path), fps=self.fps)
-            if frames.shape[1:3] != (self.resolution, self.resolution):
-                x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
-                x = F.interpolate(x, size=(self.resolution,) * 2, mode="bicubic", antialias=True, align_corners=False)
-                frames = x.clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-            self._clips[path] = frames
+            self._clips[path] = resized_uint8(frames, self.resolution)
         return self._clips[path][start:start + self.num_frames]

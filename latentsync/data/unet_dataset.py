@@ -30,9 +30,7 @@ not basenames; a broken clip is logged (once per clip and process) and another d
 `max_consecutive_failures` failures in a row the dataset raises instead of looping forever.
 """
 
-import hashlib
 import logging
-import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,10 +39,11 @@ from typing import Sequence
 import av
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from latentsync.audio import chunk_indices, load_audio, mel_window
+from latentsync.data.common import (MelCache, find_videos, frames_to_pixels, read_file_list, report_skip,
+                                    resized_uint8, sample_rng)
 from latentsync.errors import UserError
 from latentsync.face.mask import load_mask
 from latentsync.video import count_frames, read_frames
@@ -80,30 +79,13 @@ def training_clips(fileslist: str | None, data_dir: str | None) -> list[str]:
     relative paths are relative to the list's folder) or else the `.mp4` files directly in
     `data.train_data_dir` (not recursive, as the reference). UserError naming the setting otherwise.
     """
-    if fileslist:
-        list_path = Path(fileslist)
-        if not list_path.is_file():
-            raise UserError(f"data.train_fileslist: {list_path}: file list not found")
-        try:
-            lines = list_path.read_text().splitlines()
-        except (OSError, UnicodeDecodeError) as e:
-            raise UserError(f"data.train_fileslist: {list_path}: cannot read the file list ({e})") from None
-        paths = []
-        for line in (line.strip() for line in lines):
-            if line and not line.startswith("#"):
-                path = Path(line)
-                paths.append(str(path if path.is_absolute() else list_path.parent / path))
-        if not paths:
-            raise UserError(f"data.train_fileslist: {list_path}: the file list names no videos")
-        return paths
-    if data_dir:
-        folder = Path(data_dir)
-        if not folder.is_dir():
-            raise UserError(f"data.train_data_dir: {folder}: folder not found")
-        paths = sorted(str(p) for p in folder.glob("*.mp4") if p.is_file())
-        if not paths:
-            raise UserError(f"data.train_data_dir: {folder}: no .mp4 files in this folder")
-        return paths
+    try:
+        if fileslist:
+            return read_file_list(fileslist)
+        if data_dir:
+            return find_videos(data_dir, recursive=False)
+    except UserError as e:
+        raise UserError(f"data.train_{'fileslist' if fileslist else 'data_dir'}: {e}") from None
     raise UserError("no training data: set data.train_fileslist or data.train_data_dir")
 
 
@@ -155,24 +137,6 @@ def first_line(error: BaseException) -> str:
 # helpers
 
 
-def sample_rng(seed: int, epoch: int, index: int) -> random.Random:
-    """A private RNG for one sample, the same in every process and Python version."""
-    digest = hashlib.sha256(f"unet-sample/{seed}/{epoch}/{index}".encode()).digest()
-    return random.Random(int.from_bytes(digest[:8], "little"))
-
-
-def frames_to_pixels(frames: np.ndarray, resolution: int) -> torch.Tensor:
-    """uint8 RGB `[F, H, W, 3]` -> float32 `[F, 3, res, res]` in [-1, 1].
-
-    Bicubic + antialias resize only when the frames are not res x res (a no-op for pipeline data).
-    """
-    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
-    if x.shape[-2:] != (resolution, resolution):
-        x = F.interpolate(x, size=(resolution, resolution), mode="bicubic", antialias=True, align_corners=False)
-        x = x.clamp(0.0, 255.0).round()  # as if resized in uint8
-    return x / 127.5 - 1.0
-
-
 def valid_starts(num_frames: int, window: int, last_gt_start: int) -> list[int]:
     """gt starts 0..last_gt_start that leave room for a non-overlapping window in [0, N - F]."""
     last_any = num_frames - window
@@ -184,44 +148,6 @@ def reference_start(rng: random.Random, start: int, num_frames: int, window: int
     before = list(range(0, start - window + 1))
     after = list(range(start + window, num_frames - window + 1))
     return rng.choice(before + after)
-
-
-class MelCache:
-    """Full-clip SyncNet mels `[80, T]` (float32), cached on disk when a folder is given.
-
-    Key: absolute path, size, modification time and the settings, so an edited clip is
-    recomputed and equal basenames in different folders never collide.
-    """
-
-    VERSION = 1
-
-    def __init__(self, cache_dir: str | os.PathLike | None, sample_rate: int = 16000):
-        self.cache_dir = Path(cache_dir) if cache_dir else None
-        self.sample_rate = sample_rate
-
-    def get(self, path: str) -> np.ndarray:
-        from latentsync.audio import syncnet_melspectrogram
-
-        cache_path = None
-        if self.cache_dir is not None:
-            stat = os.stat(path)
-            key = f"unet-mel-v{self.VERSION}|{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}|{self.sample_rate}"
-            cache_path = self.cache_dir / f"{hashlib.sha256(key.encode()).hexdigest()}.npy"
-            if cache_path.is_file():
-                try:
-                    mel = np.load(cache_path, allow_pickle=False)
-                    if mel.ndim == 2 and mel.shape[0] == 80 and mel.dtype == np.float32:
-                        return mel
-                except (OSError, ValueError, EOFError):
-                    pass
-                logger.warning("%s: ignoring unreadable mel cache file", cache_path)
-        mel = syncnet_melspectrogram(load_audio(path, self.sample_rate)).astype(np.float32)
-        if cache_path is not None:
-            cache_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache_path.with_name(f".{cache_path.stem}.{os.getpid()}.partial.npy")
-            np.save(tmp, mel, allow_pickle=False)
-            os.replace(tmp, cache_path)
-        return mel
 
 
 # --------------------------------------------------------------------------------------------
@@ -248,11 +174,10 @@ class UNetDataset(torch.utils.data.Dataset):
         self.epoch = 0
         mask = torch.from_numpy(load_mask(options.mask_path, options.resolution))
         self.mask = mask[None, None].expand(options.num_frames, 1, -1, -1).contiguous()  # [F, 1, res, res]
-        self.mels = MelCache(options.mel_cache_dir, options.sample_rate)
+        self.mels = MelCache(options.mel_cache_dir, options.sample_rate, keep_in_memory=options.cache_frames)
         self._lengths: dict[str, int] = {}
         self._clips: dict[str, np.ndarray] = {}
         self._features: dict[str, torch.Tensor] = {}
-        self._mel_memo: dict[str, np.ndarray] = {}
         self._reported: set[str] = set()
 
     def __len__(self) -> int:
@@ -263,7 +188,7 @@ class UNetDataset(torch.utils.data.Dataset):
         self.epoch = int(epoch)
 
     def __getitem__(self, index: int) -> dict:
-        rng = sample_rng(self.options.seed, self.epoch, int(index))
+        rng = sample_rng("unet-sample", self.options.seed, self.epoch, int(index))
         last = ""
         for _ in range(self.options.max_consecutive_failures):
             path = rng.choice(self.paths)
@@ -275,15 +200,9 @@ class UNetDataset(torch.utils.data.Dataset):
             if sample is not None:
                 return sample
             last = f"{path}: {reason}"
-            self.report_skip(path, reason)
+            report_skip(self._reported, path, reason)
         raise UserError(f"{self.options.max_consecutive_failures} clips in a row could not be used "
                         f"(check the data list); last: {last}")
-
-    def report_skip(self, path: str, reason: str) -> None:
-        """One warning per broken clip and process (later skips of it are debug messages)."""
-        level = logging.DEBUG if path in self._reported else logging.WARNING
-        self._reported.add(path)
-        logger.log(level, "skipping clip %s (%s); drawing another one", path, reason)
 
     def sample_clip(self, path: str, rng: random.Random) -> dict | None:
         """One sample from `path`, or None when the clip is too short."""
@@ -299,7 +218,7 @@ class UNetDataset(torch.utils.data.Dataset):
         last = min(num_frames, rows.shape[0]) - window
         mel = None
         if o.use_mel:
-            mel = self.clip_mel(path)
+            mel = self.mels.get(path)
             while last >= 0 and mel_window(mel, last, window, o.fps) is None:
                 last -= 1
         starts = valid_starts(num_frames, window, last)
@@ -343,13 +262,6 @@ class UNetDataset(torch.utils.data.Dataset):
             self._features[path] = features
         return features
 
-    def clip_mel(self, path: str) -> np.ndarray:
-        if not self.options.cache_frames:
-            return self.mels.get(path)
-        if path not in self._mel_memo:
-            self._mel_memo[path] = self.mels.get(path)
-        return self._mel_memo[path]
-
     def clip_frames(self, path: str, start: int) -> np.ndarray:
         """uint8 frames start .. start+F-1 (at the training size when clips are kept in memory)."""
         o = self.options
@@ -357,8 +269,5 @@ class UNetDataset(torch.utils.data.Dataset):
             return read_frames(path, start, o.num_frames, fps=o.fps)
         if path not in self._clips:
             frames = read_frames(path, 0, self.clip_length(path), fps=o.fps)
-            if frames.shape[1:3] != (o.resolution, o.resolution):
-                pixels = frames_to_pixels(frames, o.resolution)
-                frames = ((pixels + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-            self._clips[path] = frames
+            self._clips[path] = resized_uint8(frames, o.resolution)
         return self._clips[path][start:start + o.num_frames]
