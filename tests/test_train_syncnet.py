@@ -244,3 +244,31 @@ def test_unreadable_yaml_exits_2(tmp_path, capsys):
     assert main(["--config_path", str(bad)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "broken.yaml" in err and len(err.splitlines()) == 1
+
+
+def test_accuracy_command_counts_predictions_against_labels(clips, tmp_path, capsys):
+    """An 'always in sync' SyncNet (constant embeddings, cosine 1) scores exactly the share of positives."""
+    from latentsync.data.syncnet_dataset import SyncNetDataset
+    from latentsync.models import StableSyncNet
+    from scripts.eval_syncnet_acc import main as eval_acc
+    from scripts.make_tiny_checkpoints import SYNCNET_MODEL
+
+    config = OmegaConf.load(REPO / "configs/syncnet/syncnet_16_pixel_attn.yaml")
+    config.model = SYNCNET_MODEL
+    OmegaConf.save(config, tmp_path / "syncnet.yaml")
+    model = StableSyncNet.from_config(SYNCNET_MODEL)
+    with torch.no_grad():
+        for encoder in (model.audio_encoder, model.visual_encoder):
+            encoder.norm_out.weight.zero_()
+            encoder.norm_out.bias.fill_(1.0)
+    torch.save({"state_dict": model.state_dict()}, tmp_path / "always_sync.pt")
+    args = ["--config_path", str(tmp_path / "syncnet.yaml"), "--ckpt_path", str(tmp_path / "always_sync.pt"),
+            "--fileslist", str(clips["val_list"]), "--num_samples", "25", "--batch_size", "8", "--device", "cpu"]
+    assert eval_acc(args) == 0
+    printed = float(capsys.readouterr().out.split("SyncNet accuracy:")[1].split()[0])
+    dataset = SyncNetDataset(clips["val_list"], num_frames=16, resolution=256, seed=42, length=25)
+    positives = sum(dataset[i]["label"].item() for i in range(25)) / 25
+    assert 0 < positives < 1 and positives != 0.5  # an inverted label would give 1 - positives
+    assert printed == pytest.approx(positives, abs=1e-4)
+    assert eval_acc(args[:4] + ["--fileslist", str(tmp_path / "missing.txt")]) == 2
+    assert "missing.txt" in capsys.readouterr().err
