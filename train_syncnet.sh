@@ -3,17 +3,20 @@
 #   ./train_syncnet.sh --config_path configs/syncnet/syncnet_16_pixel_attn.yaml
 #   ./train_syncnet.sh --resume_from outputs/syncnet/<run folder>
 #   ./train_syncnet.sh --config_path my.yaml --device cpu data.batch_size=8
-# With an accelerate config (`accelerate config`, or ACCELERATE_CONFIG_FILE) the run goes through
-# `accelerate launch` (several GPUs / machines); otherwise it is one plain Python process.
+# Relative paths are taken from the folder you run it in (run it from the repository root to
+# use the configs' relative data and checkpoint paths). With an accelerate config (`accelerate
+# config`, or ACCELERATE_CONFIG_FILE) the run goes through `accelerate launch` (several GPUs /
+# machines); otherwise it is one plain Python process.
 set -euo pipefail
-cd "$(dirname "$0")"
+REPO="$(cd "$(dirname "$0")" && pwd)"
+export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 
 PYTHON="${PYTHON:-}"
 if [ -z "$PYTHON" ]; then
-    if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
+    if [ -x "$REPO/.venv/bin/python" ]; then PYTHON="$REPO/.venv/bin/python"; else PYTHON=python3; fi
 fi
 if [ "$#" -eq 0 ]; then
-    set -- --config_path configs/syncnet/syncnet_16_pixel_attn.yaml
+    set -- --config_path "$REPO/configs/syncnet/syncnet_16_pixel_attn.yaml"
 fi
 
 ACCELERATE_CONFIG="${ACCELERATE_CONFIG_FILE:-${HF_HOME:-$HOME/.cache/huggingface}/accelerate/default_config.yaml}"
