@@ -10,6 +10,7 @@ from pathlib import Path
 
 from latentsync.device import pick_device
 from latentsync.errors import UserError
+from latentsync.eval.s3fd import DETECTOR_CHOICES, S3FD_PATH, choose_face_detector
 from scripts._cli import require_dirs, run_cli
 
 
@@ -24,7 +25,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--csv_out", default=None, help="write per-video scores to this CSV file")
     parser.add_argument("--min_track", type=int, default=50,
                         help="a face track needs more than this many frames with a face")
-    parser.add_argument("--face_detector", default="mediapipe", help="face detector backend")
+    parser.add_argument("--face_detector", default="auto", choices=DETECTOR_CHOICES,
+                        help="face detector for the face tracks; auto (default): s3fd, the reference's "
+                             "detector, when its weights exist, else mediapipe (scores then not "
+                             "comparable with published numbers)")
+    parser.add_argument("--s3fd_path", default=None,
+                        help=f"S3FD weights (syncnet_python's sfd_face.pth; default {S3FD_PATH})")
     return parser.parse_args(argv)
 
 
@@ -35,9 +41,12 @@ def run(args: argparse.Namespace) -> None:
         raise UserError(f"{args.video_path}: video file not found")
     if args.videos_dir:
         require_dirs(args.videos_dir)
+    detector_name = choose_face_detector(args.face_detector, args.s3fd_path)  # missing weights: fail early
     device = pick_device(args.device)
     model = sv.load_syncnet_v2(args.initial_model, device)
-    detector = sv.make_detector(args.face_detector)
+    # only S3FD takes the extra arguments (keeps make_detector(name) working for the other backends)
+    extra = dict(s3fd_path=args.s3fd_path, device=device) if detector_name == "s3fd" else {}
+    detector = sv.make_detector(detector_name, **extra)
     options = sv.TrackOptions(min_track=args.min_track)
     if args.video_path:
         score = sv.sync_confidence(args.video_path, model, detector, device, options)

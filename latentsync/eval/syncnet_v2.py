@@ -269,11 +269,22 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(inter / union) if union > 0 else 0.0
 
 
-def make_detector(name: str = "mediapipe"):
-    """The project's face detector backend `name` (imported late: tests swap in a fake)."""
+def make_detector(name: str = "mediapipe", s3fd_path: str | os.PathLike | None = None, device=None):
+    """The face detector backend `name` (imported late: tests swap in a fake).
+
+    "s3fd" is the reference's detector (weights `s3fd_path`, default
+    checkpoints/auxiliary/sfd_face.pth); "auto" picks it when that file exists, else MediaPipe
+    with a warning that scores are then not comparable with published numbers. Other names
+    go to `latentsync.face.detectors.make_face_detector`.
+    """
+    from latentsync.eval.s3fd import choose_face_detector, make_s3fd_detector
     from latentsync.face.detectors import make_face_detector
 
-    return make_face_detector(name)
+    if name in ("auto", "s3fd"):
+        name = choose_face_detector(name, s3fd_path)
+    if name == "s3fd":
+        return make_s3fd_detector(s3fd_path, device)
+    return make_face_detector(name, device=device)
 
 
 def detect_boxes_and_shots(video_path: str | os.PathLike, detector

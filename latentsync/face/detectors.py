@@ -42,6 +42,7 @@ MEDIAPIPE_MIN_CONFIDENCE = 0.5
 INSIGHTFACE_POINT_GROUPS = ((43, 48, 49, 51, 50), (101, 102, 103, 104, 105), (74, 77, 83, 86))
 INSIGHTFACE_DET_SIZE = (512, 512)
 INSIGHTFACE_DET_THRESH = 0.5
+BUFFALO_FILES = ("det_10g.onnx", "2d106det.onnx")  # SCRFD detector, 106-point landmarks
 MIN_FACE_WIDTH, MIN_FACE_HEIGHT = 50, 80
 MIN_ASPECT, MAX_ASPECT = 0.2, 1.5
 
@@ -52,7 +53,7 @@ FAN_WEIGHT_FILES = ("s3fd-619a316812.pth", "2DFAN4-cd938726ad.zip")
 AUXILIARY_SOURCE = ("huggingface-cli download ByteDance/LatentSync-1.5 auxiliary/<file> "
                     "--local-dir checkpoints")
 BUFFALO_SOURCE = ("unzip buffalo_l.zip of the insightface model zoo (github.com/deepinsight/"
-                  "insightface/releases) into that folder")
+                  "insightface/releases) into auxiliary/models/buffalo_l")
 
 
 @dataclass
@@ -168,6 +169,14 @@ def _require(package: str, install: str, files: list[Path], purpose: str,
                         + "; ".join(problems))
 
 
+def _import_backend(package: str, install: str):
+    """Import an installed backend package, turning a broken install into a UserError."""
+    try:
+        return importlib.import_module(package)
+    except ImportError as exc:
+        raise UserError(f"{package}: installed but cannot be imported ({exc}); {install}") from exc
+
+
 def _device_type(device) -> tuple[str, int]:
     """('cuda', index) or ('cpu', -1) from a device string / torch.device / None."""
     text = str(device) if device is not None else "cpu"
@@ -184,9 +193,12 @@ class InsightFaceDetector(FaceDetector):
 
     def __init__(self, checkpoints_dir: str | Path = "checkpoints", device=None):
         root = Path(checkpoints_dir) / "auxiliary"
+        folder = root / "models" / "buffalo_l"
         _require("insightface", "pip install insightface onnxruntime",
-                 [root / "models" / "buffalo_l"], "--face_detector insightface", BUFFALO_SOURCE)
-        from insightface.app import FaceAnalysis
+                 [folder / name for name in BUFFALO_FILES], "--face_detector insightface",
+                 BUFFALO_SOURCE)
+        FaceAnalysis = _import_backend("insightface.app",
+                                       "pip install insightface onnxruntime").FaceAnalysis
 
         kind, index = _device_type(device)
         providers = (["CUDAExecutionProvider", "CPUExecutionProvider"] if kind == "cuda"
@@ -209,7 +221,8 @@ class InsightFaceDetector(FaceDetector):
                 continue
             landmarks = np.round(np.asarray(det.landmark_2d_106, dtype=np.float64))
             points = np.round(group_means(landmarks, INSIGHTFACE_POINT_GROUPS))
-            faces.append(Face(box=np.asarray(det.bbox[:4], dtype=np.float64), points=points,
+            # the integer box, so the tracker's largest-area choice (and ties) match SPEC 3.2
+            faces.append(Face(box=np.array([x1, y1, x2, y2], dtype=np.float64), points=points,
                               score=float(det.det_score), landmarks=landmarks))
         return faces
 
@@ -242,7 +255,7 @@ class FaceAlignmentDetector(FaceDetector):
         files = [root / name for name in FAN_WEIGHT_FILES]
         _require("face_alignment", "pip install face-alignment", files,
                  "--face_detector face_alignment")
-        import face_alignment
+        face_alignment = _import_backend("face_alignment", "pip install face-alignment")
 
         kind, index = _device_type(device)
         landmarks_type = getattr(face_alignment.LandmarksType, "TWO_D", None) or \

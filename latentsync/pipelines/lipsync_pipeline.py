@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 
 VAE_SCALING = 0.18215  # the reference overrides the VAE config with these
 VAE_SHIFT = 0.0
+VAE_BATCH = 4  # frames per VAE call: the VAE works frame by frame, so this only bounds peak memory
 SAMPLE_RATE = 16000
 FPS = 25.0  # the model's frame rate (audio chunks are built for it)
 SILENCE_MODES = ("mute", "keep", "off")
@@ -329,14 +330,17 @@ class LipsyncPipeline(DiffusionPipeline):
     def encode(self, pixels: torch.Tensor, generator) -> torch.Tensor:
         """VAE posterior *sample* (as the reference) x 0.18215 -> [1, 4, f, h, w]."""
         vae = self.vae
-        posterior = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
-        eps = torch.randn(posterior.mean.shape, generator=generator).to(vae.device, posterior.mean.dtype)
-        latents = (posterior.mean + posterior.std * eps - VAE_SHIFT) * VAE_SCALING
+        moments = [vae.encode(chunk.to(vae.device, vae.dtype)).latent_dist for chunk in pixels.split(VAE_BATCH)]
+        mean = torch.cat([m.mean for m in moments])
+        std = torch.cat([m.std for m in moments])
+        eps = torch.randn(mean.shape, generator=generator).to(vae.device, mean.dtype)
+        latents = (mean + std * eps - VAE_SHIFT) * VAE_SCALING
         return latents.permute(1, 0, 2, 3)[None].to(self.unet.dtype)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         latents = latents[0].permute(1, 0, 2, 3) / VAE_SCALING + VAE_SHIFT
-        return self.vae.decode(latents.to(self.vae.dtype)).sample.float().cpu()
+        return torch.cat([self.vae.decode(chunk.to(self.vae.dtype)).sample.float().cpu()
+                          for chunk in latents.split(VAE_BATCH)])
 
     def denoise(self, latents, mask, masked_latents, ref_latents, audio, num_inference_steps: int,
                 guidance_scale: float, enable_deepcache: bool = False) -> torch.Tensor:
