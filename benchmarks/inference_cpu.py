@@ -137,8 +137,11 @@ def main() -> None:
     parser.add_argument("--skip_rss", action="store_true")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU fp32, {FRAMES} frames, CFG on")
-    rows = {name: segment_timings(name, args.steps) for name in args.configs}
     keys = ["face", "vae_encode", "unet_per_step", "unet_20_steps", "vae_decode", "restore", "write", "peak_rss_mb"]
+    rows = {}
+    for name in args.configs:  # one config per process would isolate peak RSS; run them separately for that
+        rows[name] = segment_timings(name, args.steps)
+        print(f"{name}: " + ", ".join(f"{k} {rows[name][k]:.1f}" for k in keys), flush=True)
     print(f"\n{'stage (seconds)':<18}" + "".join(f"{n:>14}" for n in rows))
     for key in keys:
         print(f"{key:<18}" + "".join(f"{rows[n][key]:>14.1f}" for n in rows))

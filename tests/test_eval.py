@@ -365,7 +365,7 @@ def test_cli_folder_mode_writes_csv(tmp_path, random_syncnet, monkeypatch, capsy
     (videos / "one.wav").unlink()
     model_path = tmp_path / "syncnet_v2.model"
     torch.save(random_syncnet.state_dict(), model_path)
-    monkeypatch.setattr(sv, "make_detector", lambda name: FixedBoxDetector([10, 10, 118, 118]))
+    monkeypatch.setattr(sv, "make_detector", lambda name, **kwargs: FixedBoxDetector([10, 10, 118, 118]))
     csv_out = tmp_path / "out" / "scores.csv"
     code = eval_sync_conf.main(["--videos_dir", str(videos), "--initial_model", str(model_path),
                                 "--device", "cpu", "--csv_out", str(csv_out), "--min_track", "10"])
@@ -483,7 +483,7 @@ def test_fvd_missing_i3d_and_cli(tmp_path, tiny_i3d_path, fvd_folders, monkeypat
     with pytest.raises(UserError, match="i3d_torchscript.pt.*LatentSync-1.5"):
         fvd.load_i3d(tmp_path / "i3d_torchscript.pt")
     real, shuffled = fvd_folders
-    monkeypatch.setattr(sv, "make_detector", lambda name: FixedBoxDetector([8, 4, 56, 60]))
+    monkeypatch.setattr(sv, "make_detector", lambda name, **kwargs: FixedBoxDetector([8, 4, 56, 60]))
     args = ["--real_videos_dir", str(real), "--fake_videos_dir", str(shuffled), "--device", "cpu"]
     assert eval_fvd.main(args + ["--i3d_path", str(tiny_i3d_path)]) == 0
     assert "FVD:" in capsys.readouterr().out

@@ -10,9 +10,9 @@ LSE-C = median minus smallest, offset = 15 - best shift (offset > 0: the audio i
 `sync_confidence` runs the whole-video procedure: shots (PySceneDetect ContentDetector),
 per-frame face boxes, greedy IoU tracks, smoothed square-ish crops at 224 px, one score per
 track. Deviations from the reference, all on purpose:
-- Face boxes come from the project's detector (`latentsync.face.detectors`, MediaPipe by
-  default), not the reference's S3FD (`sfd_face.pth`); MediaPipe's box is the face-mesh
-  extent, a little tighter than S3FD's. An S3FD port is future work.
+- Face boxes come from the reference's S3FD (`latentsync.eval.s3fd`) when
+  `checkpoints/auxiliary/sfd_face.pth` is present (detector "auto"); otherwise from MediaPipe,
+  whose face-mesh box is a little tighter, so scores are then not comparable with published ones.
 - Crops and audio stay in memory: the reference writes each crop as an mp4v video plus AAC,
   then re-reads it as JPEGs and WAV; those lossy round trips are skipped.
 - A track takes at most one face per frame (the reference's list mutation can take two).
