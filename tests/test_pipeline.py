@@ -295,3 +295,15 @@ def test_peak_memory_does_not_grow_with_clip_length(tiny, tmp_path):
         peaks[name] = int(result.stdout.split("MAXRSS")[-1])
     print("peak RSS kB", peaks)
     assert peaks["60s"] < 1.5 * peaks["10s"], peaks
+
+
+def test_whisper_width_must_match_the_unet(tiny):
+    from latentsync.audio import AudioEncoder
+    from latentsync.errors import UserError
+    from latentsync.models import UNet3DConditionModel
+
+    unet_dir = need(REFERENCE / "fixtures/unet_tiny_stage2")  # cross_attention_dim 96; tiny Whisper gives 64
+    unet = UNet3DConditionModel.from_config(OmegaConf.to_container(OmegaConf.load(unet_dir / "config.yaml").model))
+    with pytest.raises(UserError, match=r"tiny\.pt: gives 64-d features but the UNet expects cross_attention_dim 96"):
+        LipsyncPipeline(vae=None, unet=unet, scheduler=DDIMScheduler(**SCHEDULER_CONFIG),
+                        audio_encoder=AudioEncoder(tiny / "whisper/tiny.pt", device="cpu"), resolution=128)

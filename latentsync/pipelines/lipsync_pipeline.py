@@ -137,6 +137,9 @@ class LipsyncPipeline(DiffusionPipeline):
         self.register_modules(vae=vae, unet=unet, scheduler=scheduler)
         if resolution % 8:
             raise UserError(f"resolution {resolution}: must be divisible by 8")
+        if audio_encoder is not None and audio_encoder.dim != unet.config.cross_attention_dim:
+            raise UserError(f"{audio_encoder.ckpt_path}: gives {audio_encoder.dim}-d features but the UNet "
+                            f"expects cross_attention_dim {unet.config.cross_attention_dim}")
         self.audio_encoder, self.face_detector = audio_encoder, face_detector
         self.resolution = resolution
         self.mask = load_mask(mask_path, resolution)
@@ -149,7 +152,7 @@ class LipsyncPipeline(DiffusionPipeline):
         from latentsync.audio import AudioEncoder
         from latentsync.device import pick_device, pick_dtype
         from latentsync.face.detectors import make_face_detector
-        from latentsync.models.checkpoint import load_unet, model_section
+        from latentsync.models.checkpoint import load_unet
 
         device = pick_device(device)
         dtype = dtype if isinstance(dtype, torch.dtype) else pick_dtype(dtype, device)
@@ -159,9 +162,6 @@ class LipsyncPipeline(DiffusionPipeline):
             raise UserError(f"{unet_config_path}: data.resolution {resolution} is not divisible by 8")
         unet = load_unet(unet_config_path, inference_ckpt_path, device=device, dtype=dtype)
         audio_encoder = AudioEncoder(whisper_ckpt_path, device=device)
-        if audio_encoder.dim != model_section(config).get("cross_attention_dim"):
-            raise UserError(f"{whisper_ckpt_path}: gives {audio_encoder.dim}-d features but {unet_config_path} "
-                            f"has cross_attention_dim {model_section(config).get('cross_attention_dim')}")
         vae = load_vae(vae_path, device, dtype)
         mask_path = _resolve_mask(config.get("data", {}).get("mask_image_path"))
         detector = make_face_detector(face_backend, checkpoints_dir, device)
@@ -205,12 +205,14 @@ class LipsyncPipeline(DiffusionPipeline):
                                video_path, missing, num_out)
             segments = plan_segments(generate, opts.num_frames, opts.segment_tail)
             noise = self.prepare_noise(generator)
-            self.write_video(track, sources, segments, features, rows, noise, generator, video_path,
-                             Path(tmp) / "video.mp4", opts, progress)
+            try:
+                self.write_video(track, sources, segments, features, rows, noise, generator, video_path,
+                                 Path(tmp) / "video.mp4", opts, progress)
+            finally:
+                for store in (track.faces, track.frames):
+                    if store is not None:
+                        store.close()
             mux_audio(Path(tmp) / "video.mp4", audio_path, output_path, duration=len(wav) / SAMPLE_RATE)
-            for store in (track.faces, track.frames):
-                if store is not None:
-                    store.close()
         return output_path
 
     def face_pass(self, video_path, num_frames: int, tmp: Path, keep_frames: bool, options: LipsyncOptions,
@@ -269,7 +271,6 @@ class LipsyncPipeline(DiffusionPipeline):
         next_segment = next(segment_iter, None)
         written = done_segments = 0
         with VideoWriter(out_path, out_fps, out_w, out_h, crf=opts.crf) as writer:
-            current = None
             for j in range(num_out):
                 while next_segment is not None and j == next_segment.frames[next_segment.write_from]:
                     faces = self.generate_segment(track, sources, next_segment.frames, features, rows, noise,
@@ -286,10 +287,9 @@ class LipsyncPipeline(DiffusionPipeline):
                     frame = aligner.restore(frame, pending.pop(j), track.matrices[sources[j]])
                 if opts.output_height:
                     frame = cv2.resize(frame, (out_w, out_h), interpolation=cv2.INTER_AREA)
-                current = frame
                 # write every output-rate frame whose time falls on this model frame
                 while written < num_written and math.floor(written * FPS / out_fps) == j:
-                    writer.write(current)
+                    writer.write(frame)
                     written += 1
                     wbar.update(1)
                 if progress:
@@ -351,7 +351,7 @@ class LipsyncPipeline(DiffusionPipeline):
             audio = torch.cat([torch.zeros_like(audio), audio])
             mask, masked_latents, ref_latents = (torch.cat([x] * 2) for x in (mask, masked_latents, ref_latents))
         cache = DeepCache() if enable_deepcache else None
-        for i, t in enumerate(tqdm(self.scheduler.timesteps, desc="Denoising", leave=False, disable=True)):
+        for i, t in enumerate(self.scheduler.timesteps):
             x = torch.cat([latents] * 2) if guided else latents
             x = self.scheduler.scale_model_input(x, t)
             x = torch.cat([x, mask, masked_latents, ref_latents], dim=1)
@@ -387,9 +387,6 @@ class LipsyncPipeline(DiffusionPipeline):
             raise UserError("--inference_steps must be at least 1")
         if not 1 <= opts.num_frames <= 24:
             raise UserError("--num_frames must be between 1 and 24 (the motion modules' limit)")
-        if self.audio_encoder.dim != self.unet.config.cross_attention_dim:
-            raise UserError(f"the Whisper checkpoint gives {self.audio_encoder.dim}-d features but the UNet "
-                            f"expects cross_attention_dim {self.unet.config.cross_attention_dim}")
 
 
 def load_vae(vae_path, device, dtype) -> AutoencoderKL:
