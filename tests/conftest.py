@@ -1,17 +1,15 @@
-"""Shared test helpers: where the shared reference data and media live."""
+"""Shared test helpers: where the test media (assets/) and reference fixtures (tests/fixtures/) live."""
 
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-REFERENCE = SHARED / "reference"
-MEDIA = SHARED / "media"
+MEDIA = REPO / "assets"                  # demo clips, also used by the README and the Gradio examples
+REFERENCE = REPO / "tests" / "fixtures"  # reference-implementation fixtures and checkpoint manifests
 
 
-def need(path: Path) -> Path:
-    """Skip the calling test with a clear reason when shared test data is absent."""
-    if not path.exists():
-        pytest.skip(f"shared test data not found: {path} (tests expect ../shared next to the repo)")
-    return path
+def need(*paths: Path) -> Path:
+    """Return the (first) path; fail loudly when test data that ships with the repo is missing."""
+    for path in paths:
+        if not Path(path).exists():
+            raise FileNotFoundError(f"test data missing from the repository: {path}")
+    return paths[0]

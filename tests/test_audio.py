@@ -14,26 +14,18 @@ import whisper
 from latentsync import audio
 from latentsync.errors import UserError
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-FIXTURES = SHARED / "reference" / "fixtures"
-MEDIA = SHARED / "media"
-SMALL = FIXTURES / "audio_small_whisper"
+from conftest import MEDIA, REFERENCE, need
+
+SMALL = REFERENCE / "audio_small_whisper"
 CKPT = SMALL / "whisper_small_random.pt"
 DEMO1_WAV = MEDIA / "demo1_audio.wav"
 DEMO1_MP4 = MEDIA / "demo1_video.mp4"
 
 
-def need(*paths: Path) -> None:
-    """Skip the test when shared reference data is not available."""
-    for path in paths:
-        if not path.exists():
-            pytest.skip(f"reference data not found: {path}")
-
-
 def load_fixture(name: str) -> dict:
     from safetensors.torch import load_file
 
-    path = FIXTURES / name / "io.safetensors"
+    path = REFERENCE / name / "io.safetensors"
     need(path)
     return load_file(str(path))
 

@@ -32,8 +32,8 @@ from latentsync.eval.hyper_iqa import (HyperNet, load_hyper_iqa, quality_frame_i
                                        score_frames)
 from latentsync.video import VideoWriter, ffmpeg_exe, iter_frames, mux_audio, probe_video
 
-REPO = Path(__file__).resolve().parents[1]
-MEDIA = REPO.parent / "shared" / "media"
+from conftest import MEDIA, REPO, need
+
 DEMO1, DEMO2 = MEDIA / "demo1_video.mp4", MEDIA / "demo2_video.mp4"
 
 CLIP_SECONDS = 6  # one 5-10 s segment per clip
@@ -88,9 +88,7 @@ def work(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def raw_dir(work) -> Path:
     """Two good clips (one in a sub-folder) and five bad ones."""
-    for path in (DEMO1, DEMO2):
-        if not path.exists():
-            pytest.skip(f"{path} not found (tests expect ../shared/media next to the repo)")
+    need(DEMO1, DEMO2)
     raw = work / "raw"
     (raw / "sub").mkdir(parents=True)
     small = ["-c:v", "libx264", "-crf", "18", "-c:a", "aac"]

@@ -17,15 +17,9 @@ from latentsync.eval import fvd, image_metrics, syncnet_v2 as sv
 from latentsync.eval.frechet import frechet_distance
 from latentsync.eval.media import read_audio_int16, read_frames
 
-REPO = Path(__file__).resolve().parents[1]
-MEDIA = REPO.parent / "shared" / "media"
+from conftest import MEDIA, REPO, need
+
 DEMO1_MP4 = MEDIA / "demo1_video.mp4"
-
-
-def need(path: Path) -> Path:
-    if not path.exists():
-        pytest.skip(f"shared test media not found: {path} (tests expect ../shared next to the repo)")
-    return path
 
 
 # ----------------------------------------------------------------------------------------

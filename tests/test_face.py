@@ -13,9 +13,9 @@ from latentsync.face.detectors import Face, make_face_detector
 from latentsync.face.mask import DEFAULT_MASK_PATH, MASK_DIR, load_mask
 from latentsync.face.tracking import FaceTracker
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-DEMO1 = SHARED / "media" / "demo1_video.mp4"
+from conftest import MEDIA, REPO, need
+
+DEMO1 = MEDIA / "demo1_video.mp4"
 
 MOUTH = [13, 14, 61, 291]  # FaceMesh: inner lips top/bottom, mouth corners
 EYES = [33, 133, 362, 263]  # FaceMesh: eye corners
@@ -23,8 +23,7 @@ EYES = [33, 133, 362, 263]  # FaceMesh: eye corners
 
 @pytest.fixture(scope="module")
 def frame0() -> np.ndarray:
-    if not DEMO1.exists():
-        pytest.skip(f"{DEMO1} not found (shared test media)")
+    need(DEMO1)
     import av
 
     with av.open(str(DEMO1)) as container:

@@ -1,6 +1,6 @@
 """The Gradio app as a user meets it: started as a server, driven in a real headless Chromium.
 
-Needs Debian's `chromium` (/usr/bin/chromium), Playwright's Python package and ../shared/media.
+Needs Debian's `chromium` (/usr/bin/chromium), Playwright's Python package and the demo clips in assets/.
 The app runs on tiny random checkpoints, so the mouth it paints is noise; what is checked is the
 plumbing: uploads, settings, progress, the result file (frames, fps, audio), errors in the page,
 run folders, and that the server keeps serving after a bad request.
@@ -22,7 +22,7 @@ from latentsync.app import AppSettings, LipsyncService, check_video, find_exampl
 from latentsync.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
-MEDIA = REPO.parent / "shared" / "media"
+MEDIA = REPO / "assets"
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -121,8 +121,7 @@ def check_output(path: Path, frames: int) -> None:
 def clips(tmp_path_factory) -> Path:
     """A folder with a 2 s talking-head clip + 2 s of speech (also the app's examples folder)."""
     for name in ("demo1_video.mp4", "demo1_audio.wav"):
-        if not (MEDIA / name).is_file():
-            pytest.skip(f"shared test media not found: {MEDIA / name} (tests expect ../shared next to the repo)")
+        assert (MEDIA / name).is_file(), f"test media missing from the repository: {MEDIA / name}"
     folder = tmp_path_factory.mktemp("clips")
     ffmpeg("-i", str(MEDIA / "demo1_video.mp4"), "-t", str(CLIP_SECONDS), "-vf", f"scale={CLIP_SIZE}",
            "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "aac",

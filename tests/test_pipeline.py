@@ -91,10 +91,10 @@ def test_scheduler_matches_the_reference_config():
 
 
 def test_ddim_loop_reproduces_reference_fixture():
-    base = need(REFERENCE / "fixtures/ddim_tiny_stage2")
+    base = need(REFERENCE / "ddim_tiny_stage2")
     io = load_file(str(base / "io.safetensors"))
     meta = json.loads((base / "meta.json").read_text())
-    unet_dir = REFERENCE / "fixtures/unet_tiny_stage2"
+    unet_dir = REFERENCE / "unet_tiny_stage2"
     from latentsync.models import UNet3DConditionModel
     unet = UNet3DConditionModel.from_config(OmegaConf.to_container(OmegaConf.load(unet_dir / "config.yaml").model))
     unet.load_state_dict(load_file(str(unet_dir / "weights.safetensors")))
@@ -302,7 +302,7 @@ def test_whisper_width_must_match_the_unet(tiny):
     from latentsync.errors import UserError
     from latentsync.models import UNet3DConditionModel
 
-    unet_dir = need(REFERENCE / "fixtures/unet_tiny_stage2")  # cross_attention_dim 96; tiny Whisper gives 64
+    unet_dir = need(REFERENCE / "unet_tiny_stage2")  # cross_attention_dim 96; tiny Whisper gives 64
     unet = UNet3DConditionModel.from_config(OmegaConf.to_container(OmegaConf.load(unet_dir / "config.yaml").model))
     with pytest.raises(UserError, match=r"tiny\.pt: gives 64-d features but the UNet expects cross_attention_dim 96"):
         LipsyncPipeline(vae=None, unet=unet, scheduler=DDIMScheduler(**SCHEDULER_CONFIG),

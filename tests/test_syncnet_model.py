@@ -25,7 +25,7 @@ def load_manifest(name):
 
 def tiny_model(fixture="syncnet_16_pixel_attn_tiny"):
     """The fixture's tiny model with the reference weights, plus its io tensors."""
-    folder = need(REFERENCE / "fixtures" / fixture)
+    folder = need(REFERENCE / fixture)
     model = StableSyncNet.from_config(OmegaConf.load(folder / "config.yaml").model)
     model.load_state_dict(load_file(folder / "weights.safetensors"), strict=True)
     return model, load_file(folder / "io.safetensors")

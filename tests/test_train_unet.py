@@ -2,7 +2,7 @@
 exact resume, checkpoints that inference loads, and configs rejected before training.
 
 Everything runs on the CPU with tiny random models (UNet, VAE, SyncNet, VideoMAE, LPIPS backbone)
-and a 6 s face clip cut from ../shared/media/demo1_video.mp4 (fixed box around the face, 256x256,
+and a 6 s face clip cut from assets/demo1_video.mp4 (fixed box around the face, 256x256,
 25 fps, 16 kHz audio). Training runs at 64 px.
 """
 

@@ -44,7 +44,7 @@ def test_official_config_builds_exact_checkpoint_layout(manifest_name):
 
 
 def fixture(name):
-    base = need(REFERENCE / "fixtures" / name)
+    base = need(REFERENCE / name)
     return base, load_file(str(base / "weights.safetensors")), load_file(str(base / "io.safetensors"))
 
 

@@ -16,17 +16,13 @@ import soundfile
 from latentsync import video
 from latentsync.errors import UserError
 
-MEDIA = Path(__file__).resolve().parents[1].parent / "shared" / "media"
+from conftest import MEDIA, need
+
 DEMO1 = MEDIA / "demo1_video.mp4"
 DEMO2 = MEDIA / "demo2_video.mp4"
 FFMPEG = video.ffmpeg_exe()
 LEVEL_STEP = 4  # index clips: frame i is a flat gray of level i * LEVEL_STEP
 
-
-def need(path: Path) -> Path:
-    if not path.exists():
-        pytest.skip(f"test media {path} not available (expected in <repo>/../shared/media)")
-    return path
 
 
 def ffmpeg(*args) -> None:
