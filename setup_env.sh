@@ -22,6 +22,18 @@ else
     echo "Requirements already installed in .venv"
 fi
 
+# The Gradio app's browser test drives Debian's Chromium (a system package, not a Python one).
+# Installed when we can (root with apt-get); otherwise say what the tests will miss.
+if [ ! -x /usr/bin/chromium ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "Installing Debian's chromium for the browser test"
+        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+            || echo "chromium could not be installed: the browser test will fail (install it, or set LATENTSYNC_ALLOW_SKIPS=1)"
+    else
+        echo "No /usr/bin/chromium: install Debian's chromium for the browser test (or set LATENTSYNC_ALLOW_SKIPS=1)"
+    fi
+fi
+
 # Inference checkpoints (LatentSync 1.6 by default). Never fails the install: offline it says
 # which files are missing and where to get them.
 .venv/bin/python -m scripts.download_checkpoints --checkpoints_dir checkpoints || true
