@@ -4,7 +4,9 @@
 
 Uses the same pipeline as inference.sh. One request runs the model at a time (the others wait in
 the queue); results go to outputs/gradio/<timestamp>-<uuid>/out.mp4. Missing checkpoints are listed
-at startup and in the page instead of crashing.
+at startup and in the page instead of crashing. The setting controls are LipsyncOptions fields
+(same names as the inference.sh flags, same defaults and bounds); the example row shows the demo
+clips in assets/.
 """
 
 import argparse
@@ -16,12 +18,12 @@ import gradio as gr
 
 from latentsync.app import AppSettings, LipsyncService, check_video, find_examples, friendly
 from latentsync.errors import UserError
+from latentsync.pipelines.options import option_field
 
 REPO = Path(__file__).resolve().parent
 DEFAULT_EXAMPLES_DIR = REPO / "assets"
-DEFAULT_STEPS, MAX_STEPS = 20, 50
-DEFAULT_GUIDANCE, MIN_GUIDANCE, MAX_GUIDANCE = 1.5, 1.0, 3.0
-DEFAULT_SEED = 1247
+MAX_STEPS = option_field("inference_steps").metadata["ui_max"]
+GUIDANCE_STEP = 0.1
 VIDEO_HEIGHT = 420  # px; portrait clips would otherwise fill the screen
 MODEL_QUEUE = "lipsync"
 ERROR_SECONDS = None  # error toasts stay until closed
@@ -45,7 +47,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--face_backend", default="mediapipe", choices=["mediapipe", "insightface", "face_alignment"])
     p.add_argument("--output_dir", default=str(REPO / "outputs/gradio"), help="run folders are created here")
     p.add_argument("--examples_dir", default=str(DEFAULT_EXAMPLES_DIR),
-                   help="folder of your own video/audio files shown as examples (e.g. x_video.mp4 + x_audio.wav)")
+                   help="folder of video/audio files shown as examples, paired by name (x_video.mp4 + x_audio.wav); "
+                        "default: the demo clips in assets/")
     p.add_argument("--max_upload_mb", type=float, default=200.0, help="largest accepted upload")
     p.add_argument("--max_duration_s", type=float, default=60.0, help="longest accepted video or audio")
     p.add_argument("--min_steps", type=int, default=10, help="smallest inference-step value the slider allows")
@@ -59,12 +62,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 def make_handler(service: LipsyncService):
     """The button's callback: run the pipeline, turning user mistakes into in-page errors."""
 
-    def generate(video, audio, steps, guidance, seed, progress=gr.Progress()):
+    def generate(video, audio, inference_steps, guidance_scale, seed, progress=gr.Progress()):
         if not service.ready:
             raise gr.Error("The models are not loaded; the box at the top of the page says why.",
                            duration=ERROR_SECONDS, print_exception=False)
         try:
-            result = service.run(video, audio, steps, guidance, seed,
+            result = service.run(video, audio, inference_steps, guidance_scale, seed,
                                  progress=lambda frac, desc: progress(frac, desc=desc),
                                  warn=lambda msg: gr.Warning(friendly(msg, video, audio)))
         except UserError as exc:
@@ -96,6 +99,20 @@ def make_video_check(service: LipsyncService):
     return describe
 
 
+def option_controls(settings: AppSettings) -> list:
+    """The setting controls, one per LipsyncOptions field: elem_id, default, label and help from the field."""
+    steps, guidance, seed = (option_field(name) for name in ("inference_steps", "guidance_scale", "seed"))
+
+    def common(f):
+        return dict(label=f.metadata["label"], info=f.metadata["help"], elem_id=f.name)
+
+    return [gr.Slider(settings.min_steps, settings.max_steps, value=max(steps.default, settings.min_steps), step=1,
+                      **common(steps)),
+            gr.Slider(guidance.metadata["min"], guidance.metadata["ui_max"], value=guidance.default,
+                      step=GUIDANCE_STEP, **common(guidance)),
+            gr.Number(value=seed.default, precision=0, **common(seed))]
+
+
 def build_demo(service: LipsyncService, examples: list[list[str]]) -> gr.Blocks:
     s = service.settings
     with gr.Blocks(title="LatentSync") as demo:
@@ -113,11 +130,7 @@ def build_demo(service: LipsyncService, examples: list[list[str]]) -> gr.Blocks:
                 audio_in = gr.Audio(label="Speech audio", sources=["upload", "microphone"], type="filepath",
                                     elem_id="audio_in")
                 with gr.Row():
-                    steps = gr.Slider(s.min_steps, s.max_steps, value=max(DEFAULT_STEPS, s.min_steps), step=1,
-                                      label="Inference steps", elem_id="steps")
-                    guidance = gr.Slider(MIN_GUIDANCE, MAX_GUIDANCE, value=DEFAULT_GUIDANCE, step=0.1,
-                                         label="Guidance scale", elem_id="guidance")
-                    seed = gr.Number(value=DEFAULT_SEED, precision=0, label="Seed (-1: random)", elem_id="seed")
+                    controls = option_controls(s)
                 button = gr.Button("Generate", variant="primary", interactive=problem is None, elem_id="generate")
                 gr.Markdown(f"Limits: {s.max_upload_mb:g} MB and {s.max_duration_s:g} s per file. "
                             "Requests run one at a time.")
@@ -125,11 +138,10 @@ def build_demo(service: LipsyncService, examples: list[list[str]]) -> gr.Blocks:
                 result = gr.Video(label="Result", interactive=False, height=VIDEO_HEIGHT, elem_id="result")
                 status = gr.Markdown(elem_id="status")
         if examples:
-            gr.Examples(examples=examples, inputs=[video_in, audio_in], label="Examples (your local files)",
-                        cache_examples=False)
+            gr.Examples(examples=examples, inputs=[video_in, audio_in], label="Examples", cache_examples=False)
         video_in.change(make_video_check(service), video_in, video_info, show_progress="hidden",
                         concurrency_limit=None, concurrency_id="upload_checks")  # never waits for the model
-        button.click(make_handler(service), [video_in, audio_in, steps, guidance, seed], [result, status],
+        button.click(make_handler(service), [video_in, audio_in, *controls], [result, status],
                      concurrency_limit=1, concurrency_id=MODEL_QUEUE)  # one model run at a time
     return demo
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One-command install: creates .venv in the repo root, installs the pinned requirements and this
 # package, then tries to download the inference checkpoints (gives up within seconds offline).
-# Running it again is fast: nothing is reinstalled while requirements.txt and pyproject.toml are unchanged.
+# Running it again is fast: nothing is reinstalled while requirements.txt, pyproject.toml and setup.py
+# are unchanged.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -12,7 +13,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 
 stamp=.venv/.latentsync-install-stamp
-want="$(cat requirements.txt pyproject.toml | sha256sum | cut -d' ' -f1)"
+want="$(cat requirements.txt pyproject.toml setup.py | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! .venv/bin/python -c "import latentsync, torch, diffusers" 2>/dev/null; then
     echo "Installing requirements into .venv (first run takes several minutes)"
     .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt

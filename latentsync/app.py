@@ -2,7 +2,8 @@
 
 What it does for one request: check the uploads (size, duration, readable streams, a face at all),
 make a fresh run folder `outputs/gradio/<timestamp>-<uuid>/`, run the same `LipsyncPipeline`
-as `inference.sh` into `out.mp4` there, and report progress as (fraction, description).
+as `inference.sh` into `out.mp4` there, and turn the pipeline's `Progress` events into
+(fraction, description). Settings are `LipsyncOptions` fields under their own names.
 Checkpoints are resolved from one folder, either laid out as `scripts.make_tiny_checkpoints`
 writes it or with the official file names; missing files are listed instead of crashing.
 """
@@ -22,31 +23,33 @@ from typing import Callable
 
 import av
 
+from latentsync import loading
+from latentsync.constants import MODEL_FPS, SAMPLE_RATE
 from latentsync.errors import UserError
+from latentsync.pipelines.options import RANDOM_SEED, LipsyncOptions, option_field
+from latentsync.pipelines.results import FACES, SEGMENTS, Progress
 
 logger = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_UNET_CONFIG = REPO / "configs/unet/stage2_512.yaml"
+DEFAULT_UNET_CONFIG = loading.DEFAULT_UNET_CONFIG
 TINY_UNET_CONFIG = "unet.yaml"  # present only in folders written by scripts.make_tiny_checkpoints
 UNET_CKPT = "latentsync_unet.pt"
-WHISPER_CKPT = "whisper/tiny.pt"
+WHISPER_CKPT = "whisper/tiny.pt"  # the tiny layout's (its UNet width has no official Whisper)
 VAE_DIRS = ("vae", "sd-vae-ft-mse")  # tiny layout, official layout
 VAE_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 SOURCES = {
     "unet_config": "part of this repository (configs/unet/); pass --unet_config_path to pick another",
     "unet_ckpt": "https://huggingface.co/ByteDance/LatentSync-1.6 file latentsync_unet.pt",
-    "whisper": "https://huggingface.co/ByteDance/LatentSync-1.6 file whisper/tiny.pt",
+    "whisper": "https://huggingface.co/ByteDance/LatentSync-1.6 file whisper/tiny.pt (small.pt was never released)",
     "vae": "https://huggingface.co/stabilityai/sd-vae-ft-mse (config.json + diffusion_pytorch_model.safetensors)",
 }
 HOW_TO_GET = ("Run `python -m scripts.download_checkpoints` when online, or copy the files by hand "
               "(see checkpoints/README.md).")
 
-MODEL_FPS = 25.0
 VIDEO_EXTS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
 AUDIO_EXTS = (".wav", ".mp3", ".m4a", ".aac", ".flac", ".ogg", ".opus")
 FACE_SAMPLES = 5  # frames looked at before a run to tell "no face at all"
-PIPELINE_LOGGER = "latentsync.pipelines.lipsync_pipeline"
 # share of the progress bar per pipeline stage; "segments" and "writing" interleave, so the
 # second part follows the frames written (each one after its segment is generated)
 PROGRESS_CHECKS, PROGRESS_FACES = 0.05, 0.25
@@ -68,8 +71,8 @@ class AppSettings:
     max_upload_mb: float = 200.0
     max_duration_s: float = 60.0
     min_steps: int = 10
-    max_steps: int = 50
-    examples_dir: str | None = None
+    max_steps: int = option_field("inference_steps").metadata["ui_max"]
+    examples_dir: str | None = str(REPO / "assets")  # the demo clips that ship with the repo
 
 
 @dataclass
@@ -87,7 +90,7 @@ class CheckpointPaths:
         if not self.unet_ckpt.is_file():
             lines.append(f"{self.unet_ckpt}: UNet weights ({SOURCES['unet_ckpt']})")
         if not self.whisper.is_file():
-            lines.append(f"{self.whisper}: Whisper tiny audio encoder ({SOURCES['whisper']})")
+            lines.append(f"{self.whisper}: Whisper audio encoder ({SOURCES['whisper']})")
         vae_ok = (self.vae / "config.json").is_file() and any((self.vae / w).is_file() for w in VAE_WEIGHTS)
         if not vae_ok:
             lines.append(f"{self.vae}/: VAE folder ({SOURCES['vae']})")
@@ -104,11 +107,19 @@ def resolve_checkpoints(checkpoints_dir: str | os.PathLike, unet_config_path: st
     else:
         config = DEFAULT_UNET_CONFIG
     vae = next((root / d for d in VAE_DIRS if (root / d).is_dir()), root / VAE_DIRS[1])
-    return CheckpointPaths(config, root / UNET_CKPT, root / WHISPER_CKPT, vae)
+    return CheckpointPaths(config, root / UNET_CKPT, _whisper_path(config, root), vae)
+
+
+def _whisper_path(config: Path, root: Path) -> Path:
+    """The Whisper file that fits the UNet's width (as the CLI picks it); whisper/tiny.pt otherwise."""
+    try:
+        return loading.whisper_for(loading.read_yaml(config), config, root)
+    except UserError:  # the tiny layout's width, or a config problem that missing() reports
+        return root / WHISPER_CKPT
 
 
 def find_examples(folder: str | os.PathLike | None) -> list[list[str]]:
-    """[video, audio] pairs from the user's own files in `folder` (no media ships with the app).
+    """[video, audio] pairs from the media files in `folder` (by default assets/, the repo's demo clips).
 
     A video pairs with the audio of the same name once `video`/`audio` words are dropped
     (demo1_video.mp4 + demo1_audio.wav); leftovers pair up in sorted order.
@@ -189,7 +200,7 @@ def check_audio(path: str | None, max_mb: float, max_duration_s: float) -> float
         else:
             duration = None
     if duration is None:  # some containers (raw streams) carry no duration: decode to know
-        from latentsync.audio import SAMPLE_RATE, load_audio
+        from latentsync.audio import load_audio
 
         duration = len(load_audio(path)) / SAMPLE_RATE
     if duration <= 0:
@@ -216,34 +227,22 @@ def find_a_face(video_path: str, detector, num_frames: int, samples: int = FACE_
     return False
 
 
-class _WarningCollector(logging.Handler):
-    """Collects the pipeline's warnings (e.g. frames without a face) during one run."""
+def _progress_mapper(progress: ProgressFn | None) -> Callable[[Progress], None]:
+    """Turn the pipeline's Progress events into one 0..1 bar with a description."""
+    state = {"segment": 0, "segments": 0}
 
-    def __init__(self):
-        super().__init__(logging.WARNING)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-
-def _progress_mapper(progress: ProgressFn | None) -> Callable[[str, int, int], None]:
-    """Turn the pipeline's (stage, done, total) calls into one 0..1 bar with a description."""
-    state = {"segments": 0, "total": 0}
-
-    def update(stage: str, done: int, total: int) -> None:
-        if progress is None or total <= 0:
+    def update(event: Progress) -> None:
+        if progress is None:
             return
-        frac = min(done / total, 1.0)
-        if stage == "faces":
-            progress(PROGRESS_CHECKS + PROGRESS_FACES * frac, f"Face detection: frame {done}/{total}")
-            return
-        if stage == "segments":  # one call per finished segment (`done` is not reliable, see report)
-            state["segments"], state["total"] = max(state["segments"] + 1, done), total
-            return
-        seg, segs = state["segments"], state["total"]
-        overall = PROGRESS_CHECKS + PROGRESS_FACES + (1 - PROGRESS_CHECKS - PROGRESS_FACES) * frac
-        progress(min(overall, 1.0), f"Lip sync: segment {seg}/{segs}, frame {done}/{total} written")
+        if event.stage == FACES:
+            progress(PROGRESS_CHECKS + PROGRESS_FACES * event.fraction,
+                     f"Face detection: frame {event.done}/{event.total}")
+        elif event.stage == SEGMENTS:  # each segment is generated just before its frames are written
+            state["segment"], state["segments"] = event.done, event.total
+        else:
+            overall = PROGRESS_CHECKS + PROGRESS_FACES + (1 - PROGRESS_CHECKS - PROGRESS_FACES) * event.fraction
+            progress(min(overall, 1.0), f"Lip sync: segment {state['segment']}/{state['segments']}, "
+                                        f"frame {event.done}/{event.total} written")
 
     return update
 
@@ -297,26 +296,24 @@ class LipsyncService:
             self.load_error = f"Cannot load the models: {exc}"
         return self.ready
 
-    def check_inputs(self, video: str | None, audio: str | None, steps: int, guidance: float, seed):
+    def check_inputs(self, video: str | None, audio: str | None, inference_steps, guidance_scale, seed):
         """Validate the request before any heavy work; returns (VideoInfo, audio seconds, options)."""
-        from latentsync.pipelines.lipsync_pipeline import LipsyncOptions
-
         s = self.settings
         info = check_video(video, s.max_upload_mb, s.max_duration_s)
         duration = check_audio(audio, s.max_upload_mb, s.max_duration_s)
-        steps = int(round(float(steps)))
-        if not s.min_steps <= steps <= s.max_steps:
-            raise UserError(f"inference steps {steps}: choose between {s.min_steps} and {s.max_steps}")
-        if not 1.0 <= float(guidance) <= 3.0:
-            raise UserError(f"guidance scale {guidance}: choose between 1.0 and 3.0")
+        inference_steps = int(round(float(inference_steps)))
+        check_range("inference_steps", inference_steps, s.min_steps, s.max_steps)
+        guidance = option_field("guidance_scale").metadata
+        check_range("guidance_scale", float(guidance_scale), guidance["min"], guidance["ui_max"])
         if seed is None or (isinstance(seed, float) and not math.isfinite(seed)):
-            seed = -1
+            seed = RANDOM_SEED
         seed = int(seed)
-        options = LipsyncOptions(num_inference_steps=steps, guidance_scale=float(guidance),
+        options = LipsyncOptions(inference_steps=inference_steps, guidance_scale=float(guidance_scale),
                                  seed=None if seed < 0 else seed, show_progress=False)
         return info, duration, options
 
-    def run(self, video: str | None, audio: str | None, steps: int = 20, guidance: float = 1.5, seed=1247,
+    def run(self, video: str | None, audio: str | None, inference_steps: int = LipsyncOptions.inference_steps,
+            guidance_scale: float = LipsyncOptions.guidance_scale, seed=LipsyncOptions.seed,
             progress: ProgressFn | None = None, warn: WarnFn | None = None) -> RunResult:
         """Dub `video` with `audio` into a new run folder; UserError for anything the user can fix."""
         if not self.ready:
@@ -324,13 +321,11 @@ class LipsyncService:
         start = time.monotonic()
         if progress:
             progress(0.0, "Checking the uploads")
-        info, audio_s, options = self.check_inputs(video, audio, steps, guidance, seed)
+        info, audio_s, options = self.check_inputs(video, audio, inference_steps, guidance_scale, seed)
         from latentsync.video import count_frames
 
         # frames the pipeline reads (at 25 fps; info.num_frames counts the source rate)
         used_frames = min(count_frames(video, MODEL_FPS), math.ceil(audio_s * MODEL_FPS))
-        collector = _WarningCollector()
-        pipe_logger = logging.getLogger(PIPELINE_LOGGER)
         with self._lock:  # the detector and the models are not safe to share between threads
             if progress:
                 progress(0.0, "Looking for a face")
@@ -340,17 +335,19 @@ class LipsyncService:
             run_dir = new_run_dir(self.settings.output_dir)
             out = run_dir / "out.mp4"
             _write_settings(run_dir / "settings.json", video, audio, options)
-            pipe_logger.addHandler(collector)
-            try:
-                if progress:
-                    progress(PROGRESS_CHECKS, "Loading the speech")
-                self.pipeline(video, audio, out, options, progress=_progress_mapper(progress))
-            finally:
-                pipe_logger.removeHandler(collector)
-        for message in collector.messages:
+            if progress:
+                progress(PROGRESS_CHECKS, "Loading the speech")
+            result = self.pipeline(video, audio, out, options, progress=_progress_mapper(progress))
+        for message in result.warnings:
             if warn:
                 warn(message)
-        return RunResult(out, time.monotonic() - start, collector.messages)
+        return RunResult(result.output_path, time.monotonic() - start, result.warnings)
+
+
+def check_range(name: str, value, low, high) -> None:
+    """UserError naming the option when `value` is outside what the app offers."""
+    if not low <= value <= high:
+        raise UserError(f"{name} {value:g}: choose between {low:g} and {high:g}")
 
 
 def _write_settings(path: Path, video: str, audio: str, options) -> None:

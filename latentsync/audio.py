@@ -2,9 +2,9 @@
 
 Two audio representations are used:
 
-* Whisper features (SPEC 2.1-2.3): the 5 pre-`ln_post` hidden states of a Whisper encoder at
+* Whisper features (docs/audio-features.md): the 5 pre-`ln_post` hidden states of a Whisper encoder at
   50 rows per second, cut into one `[50, dim]` chunk per video frame. They condition the UNet.
-* The SyncNet mel spectrogram (SPEC 2.4): a Wav2Lip-style 80-band mel at 80 columns per
+* The SyncNet mel spectrogram (docs/audio-features.md): a Wav2Lip-style 80-band mel at 80 columns per
   second, cut into a 52-column window per 16 video frames. It feeds SyncNet.
 """
 
@@ -12,7 +12,6 @@ import hashlib
 import logging
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import av
@@ -25,15 +24,16 @@ import whisper.audio
 import whisper.model
 
 from latentsync.device import pick_device, pick_dtype
+from latentsync.constants import MODEL_FPS, SAMPLE_RATE
 from latentsync.errors import UserError
+from latentsync.io import atomic_save_torch, load_torch_file
 
 logger = logging.getLogger(__name__)
 
 # decoding
-SAMPLE_RATE = 16000  # every audio path works on 16 kHz mono
 INT16_SCALE = 32768.0  # s16 samples -> float in [-1, 1)
 
-# Whisper features (SPEC 2.1)
+# Whisper features (docs/audio-features.md)
 WHISPER_HOP = whisper.audio.HOP_LENGTH  # 160 samples per mel frame, 100 frames per second
 WHISPER_N_FFT = whisper.audio.N_FFT  # 400
 WINDOW_FRAMES = whisper.audio.N_FRAMES  # 3000 mel frames = one 30 s encoder window
@@ -41,14 +41,14 @@ ROWS_PER_SECOND = 50  # encoder rows per second (conv2 has stride 2)
 MIN_SAMPLES = 2 * WHISPER_HOP  # 20 ms: one feature row (also > n_fft/2 for the reflect padding)
 FEATURE_VERSION = 1  # bump when the feature computation changes (invalidates the cache)
 
-# per-frame chunks (SPEC 2.2)
+# per-frame chunks (docs/pipeline-timing.md)
 AUDIO_FEAT_LENGTH = (2, 2)  # [a0, a1] of the configs
 ROWS_BEFORE = 2 * AUDIO_FEAT_LENGTH[0]  # 4 rows before the centre row
 ROWS_FROM_CENTRE = 2 * (AUDIO_FEAT_LENGTH[1] + 1)  # 6 rows from the centre row on
 CHUNK_ROWS = ROWS_BEFORE + ROWS_FROM_CENTRE  # 10 rows -> 10 * 5 = 50 tokens
-VIDEO_FPS = 25
+VIDEO_FPS = MODEL_FPS
 
-# SyncNet mel (SPEC 2.4, Wav2Lip hyper-parameters)
+# SyncNet mel (Wav2Lip hyper-parameters, docs/audio-features.md)
 MEL_N_FFT = 800
 MEL_HOP = 200  # 80 columns per second
 MEL_WIN = 800
@@ -144,12 +144,7 @@ def features_to_chunks(features: torch.Tensor, fps: float = VIDEO_FPS) -> torch.
 
 def _load_whisper(ckpt_path: Path) -> whisper.model.Whisper:
     """Build openai-whisper's model from its checkpoint format `{dims, model_state_dict}`."""
-    if not ckpt_path.is_file():
-        raise UserError(f"{ckpt_path}: Whisper checkpoint not found")
-    try:
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle, zip and torch errors all mean "not a usable file"
-        raise UserError(f"{ckpt_path}: not a readable Whisper checkpoint ({e})") from None
+    ckpt = load_torch_file(ckpt_path, "Whisper checkpoint")
     if not isinstance(ckpt, dict) or "dims" not in ckpt or "model_state_dict" not in ckpt:
         raise UserError(f"{ckpt_path}: not a Whisper checkpoint (expected keys 'dims' and "
                         "'model_state_dict')")
@@ -212,7 +207,7 @@ class AudioEncoder:
         return features
 
     def chunks(self, features: torch.Tensor, fps: float = VIDEO_FPS) -> torch.Tensor:
-        """One `[50, dim]` chunk per video frame at `fps` (SPEC 2.2): `[N, 50, dim]`."""
+        """One `[50, dim]` chunk per video frame at `fps` (docs/pipeline-timing.md): `[N, 50, dim]`."""
         return features_to_chunks(features, fps)
 
     # -- computation
@@ -279,7 +274,7 @@ class AudioEncoder:
         if not path.is_file():
             return None
         try:
-            features = torch.load(path, map_location="cpu", weights_only=True)
+            features = load_torch_file(path, "audio feature cache file")
             expected = (self.dims.n_audio_layer + 1, self.dim)
             if not (torch.is_tensor(features) and features.ndim == 3
                     and tuple(features.shape[1:]) == expected
@@ -292,15 +287,7 @@ class AudioEncoder:
 
     def _write_cache(self, path: Path, features: torch.Tensor) -> None:
         """Save features under a temporary name, then rename, so readers never see half a file."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(features.contiguous(), f)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_save_torch(features.contiguous(), path)
 
 
 # ----------------------------------------------------------------------------------------

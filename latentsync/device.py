@@ -35,7 +35,7 @@ def pick_dtype(requested: str | None, device: torch.device) -> torch.dtype:
     if requested in (None, "", "auto"):
         return torch.float16 if device.type == "cuda" else torch.float32
     if requested not in DTYPES:
-        raise UserError(f"--dtype {requested!r}: expected one of fp32, fp16, bf16")
+        raise UserError(f"dtype {requested!r}: expected one of fp32, fp16, bf16")
     dtype = DTYPES[requested]
     if dtype == torch.float16 and device.type == "cpu":
         logger.warning("fp16 is not supported well on the CPU; using fp32")

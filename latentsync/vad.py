@@ -6,7 +6,7 @@ silence there (`silence="mute"`) or keeps the original frames (`silence="keep"`)
 
 import numpy as np
 
-SAMPLE_RATE = 16000
+from latentsync.constants import SAMPLE_RATE
 ABSOLUTE_FLOOR_DB = -50.0  # quieter than this (dBFS) is never speech
 ABOVE_NOISE_DB = 15.0  # speech is this much louder than the noise floor ...
 BELOW_PEAK_DB = 35.0  # ... and within this range of the loudest frame

@@ -1,13 +1,15 @@
 """Streaming video input/output for LatentSync: probe, decode in chunks, encode, mux audio.
 
 The reference reads a whole re-encoded 25 fps copy of the video into memory and shells out to
-ffmpeg with unquoted strings (SPEC 3.1, 5.3 steps 9-10, 12.1 items 3-5 and 10). Here:
+ffmpeg with unquoted command strings. Here:
 
-* `probe_video` / `iter_frames` / `count_frames` / `read_frames` decode with PyAV, apply the
-  display rotation stored by phones, and resample to a constant frame rate on the fly, so memory
-  does not grow with the clip length.
-* `VideoWriter` pipes raw RGB frames into the ffmpeg binary of imageio-ffmpeg (argument lists,
-  return codes checked, temporary name renamed on success).
+* `probe_video` / `iter_frames` / `iter_single_frames` / `count_frames` / `read_frames` are the
+  project's only frame readers. Their contract: uint8 RGB (channel order R, G, B; callers that
+  need OpenCV's BGR flip the last axis), in display orientation (the rotation stored by phones
+  is applied), resampled on the fly to a constant frame rate by the rule below (`fps=None`:
+  every decoded frame once). Memory does not grow with the clip length.
+* `VideoWriter` pipes raw RGB frames into ffmpeg (`latentsync.io`: argument lists, temporary
+  name renamed on success, a failure is a one-line error with ffmpeg's own reason).
 * `mux_audio` puts the ORIGINAL driving audio (its own sample rate and channels) next to the
   generated video; `resample_video` makes the constant-fps, 16 kHz mono copies used by the data
   pipeline.
@@ -36,23 +38,23 @@ from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
 import av
-import imageio_ffmpeg
 import numpy as np
 import soundfile
 
+from latentsync.constants import MODEL_FPS, SAMPLE_RATE
 from latentsync.errors import UserError
+from latentsync.io import (atomic_output, commit, discard, ffmpeg_command, ffmpeg_exe,  # noqa: F401
+                           ffmpeg_failure, run_ffmpeg, temp_path_for)
 
 PathLike = Union[str, os.PathLike]
 
-DEFAULT_FPS = 25.0
+DEFAULT_FPS = float(MODEL_FPS)
 DEFAULT_CHUNK_SIZE = 16  # frames per yielded chunk (one UNet segment)
 DEFAULT_CRF = 18
 COLOR_SPACE = "bt709"  # written videos are converted with and tagged as BT.709 (HD standard)
 AUDIO_BITRATE = "192k"  # AAC bitrate for muxed output audio
-DATA_AUDIO_RATE = 16000  # data pipeline audio: 16 kHz mono
+DATA_AUDIO_RATE = SAMPLE_RATE  # data pipeline audio: 16 kHz mono
 FPS_MAX_DENOMINATOR = 1001000  # float fps -> exact fraction (29.97, 30000/1001, 12.5 ...)
-STDERR_TAIL_CHARS = 2000  # how much of ffmpeg's stderr goes into an error message
-PARTIAL_SUFFIX = ".partial"  # temp outputs: <folder>/.<stem>.<random>.partial<ext>
 
 
 @dataclass
@@ -151,7 +153,7 @@ def _slot(seconds: Fraction, fps: Fraction) -> int:
 
 def _default_frame_duration(stream) -> Fraction:
     rate = stream.average_rate or stream.guessed_rate or stream.base_rate
-    return 1 / Fraction(rate) if rate else Fraction(1, 25)
+    return 1 / Fraction(rate) if rate else Fraction(1, MODEL_FPS)
 
 
 class _Resampler:
@@ -321,6 +323,8 @@ def iter_frames(
 ) -> Iterator[np.ndarray]:
     """Stream a video as uint8 RGB chunks `[n <= chunk_size, H, W, 3]` in display orientation.
 
+    RGB order (not OpenCV's BGR); see the module docstring for the frame-rate rule.
+
     With `fps` the frames are resampled to that constant rate by timestamps (duplicated or
     dropped, see the module docstring); `fps=None` passes every decoded frame through. Only one
     chunk (plus the decoder's few reference frames) is held at a time.
@@ -339,6 +343,12 @@ def iter_frames(
             chunk, filled = None, 0
     if filled:
         yield chunk[:filled].copy()
+
+
+def iter_single_frames(path: PathLike, fps: Optional[float] = DEFAULT_FPS) -> Iterator[np.ndarray]:
+    """The frames of `iter_frames(path, fps)` one by one: uint8 RGB `[H, W, 3]`, display
+    orientation, same frame-rate rule. A repeated source frame is the same (read-only use) array."""
+    yield from _iter_rgb(_check_exists(path), fps)
 
 
 def _iter_rgb(path: str, fps: Optional[float]) -> Iterator[np.ndarray]:
@@ -438,57 +448,12 @@ def _read_sequential(path: str, start: int, count: int, fps: Optional[float]) ->
 # writing
 
 
-def ffmpeg_exe() -> str:
-    """Path of the ffmpeg binary shipped with imageio-ffmpeg (there is no system ffmpeg)."""
-    return imageio_ffmpeg.get_ffmpeg_exe()
-
-
-def _temp_path(out_path: Path) -> Path:
-    """A fresh, unique temporary file next to `out_path` (same folder, so rename is atomic)."""
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(
-        dir=out_path.parent, prefix=f".{out_path.stem}.", suffix=PARTIAL_SUFFIX + out_path.suffix
-    )
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(name, 0o666 & ~umask)  # mkstemp makes 0600 files; outputs get the usual permissions
-    return Path(name)
-
-
-def _remove(path: Path) -> None:
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        pass
-
-
-def _tail(text: Union[str, bytes]) -> str:
-    if isinstance(text, bytes):
-        text = text.decode("utf-8", errors="replace")
-    return text.strip()[-STDERR_TAIL_CHARS:]
-
-
-def _run_ffmpeg(args: List[str], out_path: Path, what: str) -> None:
-    """Run ffmpeg writing to a temporary file, check its return code, then rename to out_path."""
-    temp = _temp_path(out_path)
-    command = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y"]
-    try:
-        result = subprocess.run(command + args + [str(temp)], capture_output=True)
-        if result.returncode != 0:
-            raise RuntimeError(
-                f"ffmpeg failed to {what} (exit code {result.returncode}): {_tail(result.stderr)}"
-            )
-        os.replace(temp, out_path)
-    finally:
-        _remove(temp)
-
-
 class VideoWriter:
     """Encode uint8 RGB frames to an H.264 mp4 by piping them into ffmpeg.
 
     Frames go to a temporary file next to `out_path`, which is renamed to `out_path` only when
-    `close()` succeeds; leaving a `with` block by an exception deletes it. H.264 in yuv420p
+    `close()` succeeds; leaving a `with` block by an exception deletes it. If ffmpeg fails or
+    dies, `write`/`close` raise an ExternalToolError with its exit status and last stderr lines. H.264 in yuv420p
     needs even sizes, so an odd width/height is padded by one pixel replicating the last
     column/row (`self.out_width`, `self.out_height` give the encoded size). Colours are
     converted with the BT.709 matrix and tagged so, which players and PyAV honour.
@@ -504,10 +469,9 @@ class VideoWriter:
         self.fps, self.width, self.height, self.crf = fps, width, height, crf
         self.out_width, self.out_height = width + width % 2, height + height % 2
         self.frames_written = 0
-        self.temp_path = _temp_path(self.out_path)
+        self.temp_path = temp_path_for(self.out_path)
         self._stderr = tempfile.TemporaryFile()
-        command = [
-            ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y",
+        command = ffmpeg_command([
             "-f", "rawvideo", "-pix_fmt", "rgb24",
             "-s", f"{self.out_width}x{self.out_height}", "-framerate", str(_as_fraction(fps)),
             "-i", "pipe:0",
@@ -515,7 +479,7 @@ class VideoWriter:
             "-colorspace", COLOR_SPACE, "-color_primaries", COLOR_SPACE, "-color_trc", COLOR_SPACE,
             "-c:v", "libx264", "-crf", str(crf), "-pix_fmt", "yuv420p",
             "-movflags", "+faststart", "-f", "mp4", str(self.temp_path),
-        ]  # fmt: skip
+        ], reads_stdin=True)  # fmt: skip
         try:
             self._process = subprocess.Popen(
                 command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._stderr
@@ -542,11 +506,11 @@ class VideoWriter:
             frames = np.pad(frames, pad + ((0, 0),), mode="edge")
         try:
             self._process.stdin.write(np.ascontiguousarray(frames).data)  # no extra copy
-        except (BrokenPipeError, OSError):
-            self._process.wait()
-            message = self._stderr_tail()
+        except OSError:  # BrokenPipeError: ffmpeg is gone
+            code = self._process.wait()
+            error = ffmpeg_failure(f"encode {self.out_path}", code, self._stderr_text())
             self.abort()
-            raise RuntimeError(f"ffmpeg stopped while encoding {self.out_path}: {message}")
+            raise error from None
         self.frames_written += len(frames)
 
     def close(self) -> None:
@@ -558,12 +522,14 @@ class VideoWriter:
         except OSError:
             pass
         code = self._process.wait()
-        message = self._stderr_tail()
-        if code != 0 or self.frames_written == 0:
+        if code != 0:
+            error = ffmpeg_failure(f"encode {self.out_path}", code, self._stderr_text())
             self.abort()
-            reason = f"exit code {code}: {message}" if code != 0 else "no frames were written"
-            raise RuntimeError(f"could not write {self.out_path} ({reason})")
-        os.replace(self.temp_path, self.out_path)
+            raise error
+        if self.frames_written == 0:
+            self.abort()
+            raise ValueError(f"could not write {self.out_path}: no frames were written")
+        commit(self.temp_path, self.out_path)
         self.closed = True
         self._stderr.close()
 
@@ -582,12 +548,12 @@ class VideoWriter:
 
     def _cleanup(self) -> None:
         self.closed = True
-        _remove(self.temp_path)
+        discard(self.temp_path)
         self._stderr.close()
 
-    def _stderr_tail(self) -> str:
+    def _stderr_text(self) -> bytes:
         self._stderr.seek(0)
-        return _tail(self._stderr.read())
+        return self._stderr.read()
 
     def __enter__(self) -> "VideoWriter":
         return self
@@ -637,18 +603,13 @@ def mux_audio(
         "-c:a", "aac", "-b:a", AUDIO_BITRATE,
         "-movflags", "+faststart", "-f", "mp4",
     ]  # fmt: skip
-    _run_ffmpeg(args, Path(out_path), f"mux {audio_path} into {video_path}")
+    run_ffmpeg(args, out_path, f"mux {audio_path} into {video_path}")
 
 
 def write_audio_wav(path: PathLike, samples: np.ndarray, sample_rate: int) -> None:
     """Write float samples in [-1, 1] (`[n]` or `[n, channels]`) as 16-bit PCM WAV."""
-    out_path = Path(path)
-    temp = _temp_path(out_path)
-    try:
+    with atomic_output(path) as temp:
         soundfile.write(str(temp), np.asarray(samples), int(sample_rate), "PCM_16", format="WAV")
-        os.replace(temp, out_path)
-    finally:
-        _remove(temp)
 
 
 def resample_video(
@@ -675,4 +636,4 @@ def resample_video(
         "-c:a", "aac", "-ar", str(int(audio_rate)), "-ac", "1",
         "-movflags", "+faststart", "-f", "mp4",
     ]  # fmt: skip
-    _run_ffmpeg(args, Path(out_path), f"resample {info.path}")
+    run_ffmpeg(args, out_path, f"resample {info.path}")

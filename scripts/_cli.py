@@ -1,13 +1,13 @@
 """What the command-line scripts share: logging set-up, the one-line `error: ...` exit for a
-UserError (exit code 2) and KEY=VALUE override checks."""
+UserError (exit code 2), clean stops on Ctrl-C / SIGTERM and folder checks (the training
+scripts' options are in latentsync/training/options.py)."""
 
-import argparse
 import logging
 import sys
 from pathlib import Path
 from typing import Callable
 
-from latentsync.errors import EXIT_USER_ERROR, UserError
+from latentsync.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, Terminated, UserError, exit_on_termination
 
 PLAIN_LOG_FORMAT = "%(message)s"
 TRAIN_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -24,21 +24,25 @@ def user_message(error: UserError) -> str:
 
 
 def run_cli(action: Callable[[], object], log_format: str = PLAIN_LOG_FORMAT) -> int:
-    """Set up logging and call `action`; a UserError becomes `error: <message>` on stderr and exit code 2."""
+    """Set up logging and call `action`; a UserError becomes `error: <message>` on stderr and exit code 2.
+
+    Ctrl-C and SIGTERM unwind `action` (its `finally` blocks and context managers remove the
+    run's temporary files) and end with one line and exit code 130 / 143, not a traceback.
+    """
     logging.basicConfig(level=logging.INFO, format=log_format)
+    exit_on_termination()
     try:
         action()
     except UserError as e:
         print(f"error: {user_message(e)}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Terminated as e:
+        print("error: terminated (SIGTERM)", file=sys.stderr)
+        return int(e.code)
     return 0
-
-
-def check_overrides(parser: argparse.ArgumentParser, overrides: list[str]) -> None:
-    """argparse error (exit code 2) for a trailing argument that is not KEY=VALUE."""
-    for item in overrides:
-        if "=" not in item:
-            parser.error(f"override {item!r} is not KEY=VALUE")
 
 
 def require_dirs(*folders: str) -> None:
@@ -46,14 +50,3 @@ def require_dirs(*folders: str) -> None:
     for folder in folders:
         if not Path(folder).is_dir():
             raise UserError(f"{folder}: not a directory")
-
-
-def add_run_arguments(parser: argparse.ArgumentParser, device_help: str) -> None:
-    """The options both training scripts take after their config path (same order in --help)."""
-    parser.add_argument("--train_output_dir", help="folder for run folders (overrides data.train_output_dir)")
-    parser.add_argument("--max_train_steps", type=int, help="overrides run.max_train_steps")
-    parser.add_argument("--device", help=device_help)
-    parser.add_argument("--resume_from", help="run folder or checkpoints/training-state-<step>.pt to continue exactly")
-    parser.add_argument("--run_name", help="run folder name (default train-YYYY_MM_DD-HH_MM_SS)")
-    parser.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"],
-                        help="default: fp16 on CUDA if run.mixed_precision_training, else no")

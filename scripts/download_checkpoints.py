@@ -1,4 +1,5 @@
-"""Download the checkpoints into `checkpoints/` (see checkpoints/README.md for the full list).
+"""Download the checkpoints into `checkpoints/` (the files are listed in `latentsync/checkpoints.py`
+and, for people, in checkpoints/README.md).
 
 Offline it gives up within seconds, lists what is missing and where to get it, and exits 0 so
 that `setup_env.sh` still completes. `--all` also fetches the training/evaluation files.
@@ -8,42 +9,19 @@ import argparse
 import os
 import socket
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from latentsync.checkpoints import CHECKPOINTS_DIR, HUB_URL, CheckpointFile, in_group
+from latentsync.io import commit
+
 CONNECT_TIMEOUT_S = 4
-
-
-@dataclass(frozen=True)
-class Remote:
-    repo: str  # Hugging Face repo id
-    filename: str  # path inside the repo
-    local: str  # path under checkpoints/
-    purpose: str
-
-
-INFERENCE = [
-    Remote("ByteDance/LatentSync-1.6", "latentsync_unet.pt", "latentsync_unet.pt", "UNet (1.6, 512 px)"),
-    Remote("ByteDance/LatentSync-1.6", "whisper/tiny.pt", "whisper/tiny.pt", "Whisper tiny audio encoder"),
-    Remote("stabilityai/sd-vae-ft-mse", "config.json", "sd-vae-ft-mse/config.json", "VAE config"),
-    Remote("stabilityai/sd-vae-ft-mse", "diffusion_pytorch_model.safetensors",
-           "sd-vae-ft-mse/diffusion_pytorch_model.safetensors", "VAE weights"),
-]
-TRAINING = [
-    Remote("ByteDance/LatentSync-1.6", "stable_syncnet.pt", "stable_syncnet.pt", "SyncNet for the sync loss"),
-    Remote("ByteDance/LatentSync-1.5", "auxiliary/syncnet_v2.model", "auxiliary/syncnet_v2.model", "LSE-C/LSE-D"),
-    Remote("ByteDance/LatentSync-1.5", "auxiliary/sfd_face.pth", "auxiliary/sfd_face.pth", "S3FD face tracks"),
-    Remote("ByteDance/LatentSync-1.5", "auxiliary/koniq_pretrained.pkl", "auxiliary/koniq_pretrained.pkl", "hyperIQA"),
-    Remote("ByteDance/LatentSync-1.5", "auxiliary/i3d_torchscript.pt", "auxiliary/i3d_torchscript.pt", "FVD"),
-    Remote("ByteDance/LatentSync-1.5", "auxiliary/vgg16-397923af.pth", "auxiliary/vgg16-397923af.pth", "LPIPS backbone"),
-    Remote("ByteDance/LatentSync-1.5", "auxiliary/vit_g_hybrid_pt_1200e_ssv2_ft.pth",
-           "auxiliary/vit_g_hybrid_pt_1200e_ssv2_ft.pth", "TREPA (VideoMAE-v2)"),
-]
+DOWNLOAD_TIMEOUT_S = "30"
+STAGING_DIR = "_download"  # hf_hub_download's folder inside the checkpoints folder
 
 
 def hub_reachable() -> bool:
-    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", HUB_URL))
     try:
         with socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=CONNECT_TIMEOUT_S):
             return True
@@ -51,45 +29,55 @@ def hub_reachable() -> bool:
         return False
 
 
-def describe(remote: Remote) -> str:
-    return f"  {remote.local:<48} {remote.purpose}: https://huggingface.co/{remote.repo} file {remote.filename}"
+def describe(entry: CheckpointFile) -> str:
+    return f"  {entry.path:<48} {entry.purpose}: {entry.source()}"
 
 
-def download(remotes: list[Remote], checkpoints_dir: Path) -> list[Remote]:
-    """Fetch what is missing; return what is still missing afterwards."""
-    missing = [r for r in remotes if not (checkpoints_dir / r.local).is_file()]
+def missing_entries(entries: list[CheckpointFile], checkpoints_dir: Path) -> list[CheckpointFile]:
+    """Entries with at least one file missing under `checkpoints_dir`."""
+    def present(entry: CheckpointFile) -> bool:
+        if entry.is_folder and not entry.files:
+            return (checkpoints_dir / entry.path).is_dir()
+        return all((checkpoints_dir / local).is_file() for _, local in entry.downloads() or [("", entry.path)])
+    return [e for e in entries if not present(e)]
+
+
+def download(entries: list[CheckpointFile], checkpoints_dir: Path) -> list[CheckpointFile]:
+    """Fetch what is missing; return the entries still missing afterwards."""
+    missing = [e for e in missing_entries(entries, checkpoints_dir) if e.repo]
     if not missing:
-        return []
+        return missing_entries(entries, checkpoints_dir)
     if not hub_reachable():
         print("Offline: the Hugging Face hub cannot be reached; skipping checkpoint download.")
-        return missing
-    os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "30")
+        return missing_entries(entries, checkpoints_dir)
+    os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", DOWNLOAD_TIMEOUT_S)
     from huggingface_hub import hf_hub_download
 
-    still_missing = []
-    for remote in missing:
-        target = checkpoints_dir / remote.local
-        print(f"Downloading {remote.repo}/{remote.filename} -> {target}")
-        try:
-            path = hf_hub_download(remote.repo, remote.filename, local_dir=str(checkpoints_dir / "_download"))
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(path, target)
-        except Exception as exc:  # network errors of many kinds: report and go on
-            print(f"  failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
-            still_missing.append(remote)
-    return still_missing
+    for entry in missing:
+        for repo_file, local in entry.downloads():
+            target = checkpoints_dir / local
+            if target.is_file():
+                continue
+            print(f"Downloading {entry.repo}/{repo_file} -> {target}")
+            try:
+                path = hf_hub_download(entry.repo, repo_file, local_dir=str(checkpoints_dir / STAGING_DIR))
+                target.parent.mkdir(parents=True, exist_ok=True)
+                commit(path, target)
+            except Exception as exc:  # network errors of many kinds: report and go on
+                print(f"  failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+    return missing_entries(entries, checkpoints_dir)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--checkpoints_dir", default="checkpoints")
+    parser.add_argument("--checkpoints_dir", default=CHECKPOINTS_DIR)
     parser.add_argument("--all", action="store_true", help="also the training and evaluation checkpoints")
     args = parser.parse_args(argv)
-    remotes = INFERENCE + (TRAINING if args.all else [])
-    missing = download(remotes, Path(args.checkpoints_dir))
+    entries = in_group("inference", "training") if args.all else in_group("inference")
+    missing = download(entries, Path(args.checkpoints_dir))
     if missing:
         print(f"Missing checkpoints under {args.checkpoints_dir}/ (download them by hand, see checkpoints/README.md):")
-        print("\n".join(describe(r) for r in missing))
+        print("\n".join(describe(e) for e in missing))
     else:
         print(f"All {'' if args.all else 'inference '}checkpoints present in {args.checkpoints_dir}/")
     return 0

@@ -1,4 +1,4 @@
-"""FVD between the face clips of a folder of real and a folder of generated videos (SPEC 10.3).
+"""FVD between the face clips of a folder of real and a folder of generated videos (see docs/evaluation.md).
 
     python -m scripts.eval_fvd --real_videos_dir real/ --fake_videos_dir fake/
 """
@@ -7,7 +7,7 @@ import argparse
 import sys
 
 from latentsync.device import pick_device
-from scripts._cli import require_dirs, run_cli
+from ._cli import require_dirs, run_cli
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -17,7 +17,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--i3d_path", default="checkpoints/auxiliary/i3d_torchscript.pt",
                         help="TorchScript I3D (StyleGAN-V release)")
     parser.add_argument("--device", default="cpu", help="device for I3D (the reference uses the CPU)")
-    parser.add_argument("--face_detector", default="mediapipe", help="face detector backend")
+    parser.add_argument("--face_backend", default="mediapipe", help="face detector backend")
+    parser.add_argument("--face_detector", dest="face_backend", help="deprecated spelling of --face_backend")
     return parser.parse_args(argv)
 
 
@@ -28,7 +29,7 @@ def run(args: argparse.Namespace) -> float:
     require_dirs(args.real_videos_dir, args.fake_videos_dir)
     device = pick_device(args.device)
     model = fvd.load_i3d(args.i3d_path, device)
-    detector = make_detector(args.face_detector)
+    detector = make_detector(args.face_backend)
     value = fvd.compute_fvd(args.real_videos_dir, args.fake_videos_dir, model, detector, device)
     print(f"FVD: {value:.4f}")
     return value

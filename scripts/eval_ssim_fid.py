@@ -9,7 +9,7 @@ import sys
 
 from latentsync.device import pick_device
 from latentsync.errors import UserError
-from scripts._cli import require_dirs, run_cli
+from ._cli import require_dirs, run_cli
 
 
 def parse_args(argv=None) -> argparse.Namespace:

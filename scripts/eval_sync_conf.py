@@ -1,4 +1,4 @@
-"""LSE-C / LSE-D lip-sync scores of one video or a folder of videos (SyncNet v2, SPEC 10.1).
+"""LSE-C / LSE-D lip-sync scores of one video or a folder of videos (SyncNet v2, see docs/evaluation.md).
 
     python -m scripts.eval_sync_conf --video_path out.mp4
     python -m scripts.eval_sync_conf --videos_dir results/ --csv_out results/sync_conf.csv
@@ -11,7 +11,7 @@ from pathlib import Path
 from latentsync.device import pick_device
 from latentsync.errors import UserError
 from latentsync.eval.s3fd import DETECTOR_CHOICES, S3FD_PATH, choose_face_detector
-from scripts._cli import require_dirs, run_cli
+from ._cli import require_dirs, run_cli
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -23,12 +23,17 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="SyncNet v2 weights (syncnet_python's syncnet_v2.model)")
     parser.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")
     parser.add_argument("--csv_out", default=None, help="write per-video scores to this CSV file")
+    parser.add_argument("--temp_dir", default=None,
+                        help="folder for scratch files (default: the system's; as the reference's "
+                             "--temp_dir, but nothing in it is deleted)")
     parser.add_argument("--min_track", type=int, default=50,
                         help="a face track needs more than this many frames with a face")
-    parser.add_argument("--face_detector", default="auto", choices=DETECTOR_CHOICES,
+    parser.add_argument("--face_backend", default="auto", choices=DETECTOR_CHOICES,
                         help="face detector for the face tracks; auto (default): s3fd, the reference's "
                              "detector, when its weights exist, else mediapipe (scores then not "
                              "comparable with published numbers)")
+    parser.add_argument("--face_detector", dest="face_backend", choices=DETECTOR_CHOICES,
+                        help="deprecated spelling of --face_backend")
     parser.add_argument("--s3fd_path", default=None,
                         help=f"S3FD weights (syncnet_python's sfd_face.pth; default {S3FD_PATH})")
     return parser.parse_args(argv)
@@ -36,12 +41,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace) -> None:
     from latentsync.eval import syncnet_v2 as sv
+    from latentsync.paths import use_temp_dir
 
+    use_temp_dir(args.temp_dir)
     if args.video_path and not Path(args.video_path).is_file():
         raise UserError(f"{args.video_path}: video file not found")
     if args.videos_dir:
         require_dirs(args.videos_dir)
-    detector_name = choose_face_detector(args.face_detector, args.s3fd_path)  # missing weights: fail early
+    detector_name = choose_face_detector(args.face_backend, args.s3fd_path)  # missing weights: fail early
     device = pick_device(args.device)
     model = sv.load_syncnet_v2(args.initial_model, device)
     # only S3FD takes the extra arguments (keeps make_detector(name) working for the other backends)

@@ -4,6 +4,7 @@
 
 Batch mode: `--batch_csv rows.csv` with columns video,audio,output (header optional); rows whose
 output already exists are skipped, so an interrupted batch resumes where it stopped.
+Missing files and bad options are reported before the models (and torch) are loaded.
 """
 
 import argparse
@@ -12,42 +13,44 @@ import logging
 import sys
 from pathlib import Path
 
-from latentsync.errors import EXIT_USER_ERROR, UserError
+from latentsync import loading
+from latentsync.errors import EXIT_USER_ERROR, UserError, exit_on_termination
+from latentsync.face.detectors import DEFAULT_DETECTOR, DETECTOR_NAMES
+from latentsync.pipelines.options import ORIGINAL_FPS, add_option_arguments, options_from_args
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULTS = dict(unet_config_path=REPO / "configs/unet/stage2_512.yaml",
-                inference_ckpt_path=REPO / "checkpoints/latentsync_unet.pt",
-                whisper_ckpt_path=REPO / "checkpoints/whisper/tiny.pt", vae_path=REPO / "checkpoints/sd-vae-ft-mse")
+# flags that choose files, hardware or the job list rather than how a video is dubbed
+# (every other flag is a field of LipsyncOptions; tests/test_options.py checks this)
+NON_OPTION_FLAGS = ("unet_config_path", "inference_ckpt_path", "whisper_ckpt_path", "vae_path", "video_path",
+                    "audio_path", "video_out_path", "batch_csv", "device", "dtype", "face_backend", "checkpoints_dir",
+                    "ray_address")
+WHISPER_HELP = ("default: picked by the UNet config's cross_attention_dim: "
+                + ", ".join(f"{w} -> checkpoints/{p}" for w, p in loading.WHISPER_BY_WIDTH.items()))
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """File, hardware and job flags, then one flag per LipsyncOptions field."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--unet_config_path", default=DEFAULTS["unet_config_path"])
-    p.add_argument("--inference_ckpt_path", default=DEFAULTS["inference_ckpt_path"])
-    p.add_argument("--whisper_ckpt_path", default=DEFAULTS["whisper_ckpt_path"])
-    p.add_argument("--vae_path", default=DEFAULTS["vae_path"], help="diffusers VAE folder or hub id")
+    p.add_argument("--unet_config_path", default=str(loading.DEFAULT_UNET_CONFIG))
+    p.add_argument("--inference_ckpt_path", default=str(loading.DEFAULT_UNET_CKPT))
+    p.add_argument("--whisper_ckpt_path", default=None, help=WHISPER_HELP)
+    p.add_argument("--vae_path", default=str(loading.DEFAULT_VAE), help="diffusers VAE folder or hub id")
     p.add_argument("--video_path")
     p.add_argument("--audio_path")
     p.add_argument("--video_out_path")
     p.add_argument("--batch_csv", help="CSV of video,audio,output rows (skips rows whose output exists)")
-    p.add_argument("--inference_steps", type=int, default=20)
-    p.add_argument("--guidance_scale", type=float, default=1.5)
-    p.add_argument("--seed", type=int, default=1247, help="-1 for a random seed")
-    p.add_argument("--enable_deepcache", action="store_true")
+    p.add_argument("--ray_address", default=None, help="run the rows as Ray tasks (one GPU each where there are "
+                   "GPUs): 'local' (this machine), 'auto' (the cluster it belongs to) or a cluster address")
     p.add_argument("--device", default=None, help="cuda, cuda:1, mps or cpu (default: best available)")
     p.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"], help="default: fp16 on CUDA, else fp32")
-    p.add_argument("--face_backend", default="mediapipe", choices=["mediapipe", "insightface", "face_alignment"])
-    p.add_argument("--checkpoints_dir", default=str(REPO / "checkpoints"), help="where optional face backends find models")
-    p.add_argument("--face_index", type=int, default=None, help="speaker: n-th face from the left (0-based)")
-    p.add_argument("--face_box", type=float, nargs=4, metavar=("X1", "Y1", "X2", "Y2"),
-                   help="speaker: the face overlapping this box in the first frames")
-    p.add_argument("--silence", default="mute", choices=["mute", "keep", "off"],
-                   help="no speech: mute = generate with silent audio (mouth closed); keep = original frames; "
-                        "off = as the reference (no voice detection)")
-    p.add_argument("--segment_tail", default="overlap", choices=["overlap", "short"])
-    p.add_argument("--output_fps", default="25", help="25 (model rate), 'original' (the input's rate) or a number")
-    p.add_argument("--output_height", type=int, default=None, help="scale the output (default: input resolution)")
-    p.add_argument("--temp_dir", default=None, help="folder for temporary files (default: system temp)")
+    p.add_argument("--face_backend", default=DEFAULT_DETECTOR, choices=DETECTOR_NAMES)
+    p.add_argument("--checkpoints_dir", default=str(loading.CHECKPOINTS_DIR),
+                   help="where the default Whisper file and the optional face backends' models are found")
+    add_option_arguments(p)
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = build_parser()
     args = p.parse_args(argv)
     if not args.batch_csv and not (args.video_path and args.audio_path and args.video_out_path):
         p.error("give --video_path, --audio_path and --video_out_path, or --batch_csv")
@@ -70,35 +73,29 @@ def read_batch(path: str) -> list[tuple[str, str, str]]:
 
 
 def make_options(args, video_path: str):
-    from latentsync.pipelines.lipsync_pipeline import LipsyncOptions
-    from latentsync.video import probe_video
+    """LipsyncOptions for one job (output_fps 'original' becomes the input's frame rate)."""
+    if args.output_fps == ORIGINAL_FPS:
+        from latentsync.video import probe_video
 
-    if args.output_fps == "original":
-        output_fps = probe_video(video_path).fps
-    else:
-        try:
-            output_fps = float(args.output_fps)
-        except ValueError:
-            raise UserError(f"--output_fps {args.output_fps!r}: expected a number or 'original'") from None
-    return LipsyncOptions(num_inference_steps=args.inference_steps, guidance_scale=args.guidance_scale,
-                          seed=None if args.seed == -1 else args.seed, enable_deepcache=args.enable_deepcache,
-                          silence=args.silence, segment_tail=args.segment_tail, face_index=args.face_index,
-                          face_box=tuple(args.face_box) if args.face_box else None, output_fps=output_fps,
-                          output_height=args.output_height, work_dir=args.temp_dir)
+        return options_from_args(args, output_fps=probe_video(video_path).fps)
+    return options_from_args(args)
 
 
 def run(args) -> int:
+    jobs = read_batch(args.batch_csv) if args.batch_csv else [(args.video_path, args.audio_path, args.video_out_path)]
+    for job in jobs:  # fail fast, before the slow imports and the model loading
+        loading.check_job_paths(*job)
+    options_from_args(args)  # option values checked here too
+    files = loading.resolve_files(args.unet_config_path, args.inference_ckpt_path, args.whisper_ckpt_path,
+                                  args.vae_path, args.checkpoints_dir)
+    if args.ray_address:  # one Ray task per row: latentsync/batch.py
+        from latentsync.batch import run_from_args
+
+        return run_from_args(jobs, args)
     from latentsync.pipelines.lipsync_pipeline import LipsyncPipeline
 
-    jobs = read_batch(args.batch_csv) if args.batch_csv else [(args.video_path, args.audio_path, args.video_out_path)]
-    for video, audio, _ in jobs:  # fail fast on missing inputs before loading models
-        for path in (video, audio):
-            if not Path(path).is_file():
-                raise UserError(f"{path}: file not found")
-    pipeline = LipsyncPipeline.from_checkpoints(args.unet_config_path, args.inference_ckpt_path,
-                                                args.whisper_ckpt_path, args.vae_path, device=args.device,
-                                                dtype=args.dtype, face_backend=args.face_backend,
-                                                checkpoints_dir=args.checkpoints_dir)
+    pipeline = LipsyncPipeline(**loading.load_components(files, args.device, args.dtype, args.face_backend,
+                                                          args.checkpoints_dir))
     failures = 0
     for video, audio, out in jobs:
         if args.batch_csv and Path(out).exists():
@@ -106,18 +103,22 @@ def run(args) -> int:
             continue
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         try:
-            pipeline(video, audio, out, make_options(args, video))
-            print(f"wrote {out}")
+            result = pipeline(video, audio, out, make_options(args, video))
         except UserError as exc:
             if not args.batch_csv:
                 raise
             failures += 1
             print(f"error: {exc}", file=sys.stderr)
+            continue
+        for warning in result.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+        print(f"wrote {result.output_path} ({result.num_frames} frames, {result.segments} segments generated)")
     return EXIT_USER_ERROR if failures else 0
 
 
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    exit_on_termination()  # SIGTERM unwinds like Ctrl-C, so the run's temporary files are removed
     args = parse_args(argv)
     try:
         return run(args)

@@ -19,7 +19,9 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-REPO = Path(__file__).resolve().parents[1]
+from latentsync.io import atomic_save_torch
+from latentsync.paths import config_path
+
 SEED = 0
 WHISPER_DIMS = dict(n_mels=80, n_audio_ctx=1500, n_audio_state=64, n_audio_head=2, n_audio_layer=4,
                     n_vocab=51865, n_text_ctx=448, n_text_state=64, n_text_head=2, n_text_layer=1)
@@ -53,15 +55,13 @@ def randomize(model: torch.nn.Module, generator: torch.Generator) -> torch.nn.Mo
 
 
 def atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    atomic_save_torch(obj, path)
 
 
 def write_unet(out: Path, generator: torch.Generator) -> None:
     from latentsync.models import UNet3DConditionModel
 
-    config = OmegaConf.load(REPO / "configs/unet/stage2.yaml")
+    config = OmegaConf.load(config_path("unet/stage2.yaml"))
     config.model.update(UNET_MODEL)
     config.data.syncnet_config_path = str(out / "syncnet.yaml")
     config.data.resolution = 256
@@ -74,7 +74,7 @@ def write_unet(out: Path, generator: torch.Generator) -> None:
 def write_syncnet(out: Path, generator: torch.Generator) -> None:
     from latentsync.models import StableSyncNet
 
-    config = OmegaConf.load(REPO / "configs/syncnet/syncnet_16_pixel_attn.yaml")
+    config = OmegaConf.load(config_path("syncnet/syncnet_16_pixel_attn.yaml"))
     config.model = SYNCNET_MODEL
     config.ckpt.inference_ckpt_path = str(out / "stable_syncnet.pt")
     OmegaConf.save(config, out / "syncnet.yaml")

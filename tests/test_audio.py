@@ -296,7 +296,7 @@ def test_mel_window():
 
 
 def test_syncnet_mel_follows_documented_steps():
-    """SPEC 2.4 step by step, with torch's STFT: pre-emphasis, |STFT|, mel, dB, [-4, 4]."""
+    """The SyncNet mel of docs/audio-features.md step by step, with torch's STFT: pre-emphasis, |STFT|, mel, dB, [-4, 4]."""
     x = noise(0.7, seed=6).astype(np.float64)
     emphasised = np.concatenate([x[:1], x[1:] - 0.97 * x[:-1]])
     stft = torch.stft(torch.from_numpy(emphasised), 800, 200,

@@ -15,7 +15,8 @@ from scipy.io import wavfile
 from latentsync.errors import UserError
 from latentsync.eval import fvd, image_metrics, syncnet_v2 as sv
 from latentsync.eval.frechet import frechet_distance
-from latentsync.eval.media import read_audio_int16, read_frames
+from latentsync.eval.media import read_audio_int16
+from latentsync.video import read_frames
 
 from conftest import MEDIA, REPO, need
 
@@ -97,7 +98,7 @@ def _bn(name, channels):
             (f"{name}.num_batches_tracked", [])]
 
 
-# SPEC 10.1, in state-dict order: Sequential indices of convs, BatchNorms and linears.
+# SyncNet v2 layout (docs/evaluation.md), in state-dict order: Sequential indices of convs, BatchNorms and linears.
 EXPECTED_KEYS = [
     *_conv("netcnnaud.0", [64, 1, 3, 3]), *_bn("netcnnaud.1", 64),
     *_conv("netcnnaud.4", [192, 64, 3, 3]), *_bn("netcnnaud.5", 192),
@@ -222,7 +223,7 @@ def test_offset_follows_audio_shift(random_syncnet):
     frames) is reported with offset +k; the windows it is matched by are the same ones."""
     need(DEMO1_MP4)
     start, num_frames = 10, 30
-    video = read_frames(DEMO1_MP4, start, num_frames)
+    video = read_frames(DEMO1_MP4, start, num_frames, fps=None)[..., ::-1]  # BGR, as SyncNet v2 takes
     frames = np.stack([cv2.resize(f[560:800, 480:720], (224, 224), interpolation=cv2.INTER_AREA)
                        for f in video])  # the face region of demo1 (BGR)
     wav = read_audio_int16(DEMO1_MP4)
@@ -460,7 +461,7 @@ def test_fvd_face_clip_crops_frames_20_to_35(fvd_folders):
     detector = FixedBoxDetector([8.7, 4.2, 56.9, 70])  # truncated to ints, clipped to 64
     clip = fvd.face_clip(real / "clip1.mp4", detector)
     assert clip.shape == (16, 224, 224, 3) and detector.calls == 16
-    frames = read_frames(real / "clip1.mp4", 20, 16, pix_fmt="rgb24")
+    frames = read_frames(real / "clip1.mp4", 20, 16, fps=None)
     expected = cv2.resize(frames[0][4:64, 8:56], (224, 224), interpolation=cv2.INTER_AREA)
     np.testing.assert_array_equal(clip[0], expected)
 

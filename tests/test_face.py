@@ -315,3 +315,26 @@ def test_restore_window_equals_full_frame_blend(frame0, face0):
     full = soft * (valid[..., None] * warped) + (1 - soft) * frame0.astype(np.float32)
     diff = np.abs(out.astype(int) - np.clip(np.rint(full), 0, 255).astype(np.uint8))
     assert diff.max() <= 1 and np.count_nonzero(diff) < 1000
+
+
+def test_resolve_mask_default_package_relative_and_missing(tmp_path, monkeypatch):
+    from latentsync.face.mask import resolve_mask
+
+    monkeypatch.chdir(tmp_path)  # the configs' "latentsync/face/mask.png" works from any folder
+    assert resolve_mask(None) == DEFAULT_MASK_PATH and resolve_mask("") == DEFAULT_MASK_PATH
+    assert resolve_mask("latentsync/face/mask2.png").resolve() == MASK_DIR / "mask2.png"
+    own = tmp_path / "my_mask.png"
+    cv2.imwrite(str(own), np.full((256, 256, 3), 255, np.uint8))
+    assert resolve_mask("my_mask.png") == Path("my_mask.png")
+    with pytest.raises(UserError, match=r"^stage2\.yaml: data\.mask_image_path: nothere\.png: not found$"):
+        resolve_mask("nothere.png", "stage2.yaml")
+
+
+def test_one_box_iou_for_tracking_and_evaluation():
+    from latentsync.eval import syncnet_v2
+    from latentsync.face.tracking import box_iou
+
+    assert syncnet_v2.box_iou is box_iou
+    a, b = np.array([0, 0, 10, 10.0]), np.array([5, 0, 15, 10.0])
+    assert box_iou(a, b) == pytest.approx(50 / 150) and box_iou(a, a) == 1.0
+    assert box_iou(a, np.array([20, 20, 30, 30.0])) == 0.0

@@ -2,7 +2,7 @@
 
 Neither package nor its weights are available offline, so each test installs a fake module
 into `sys.modules` that records what the backend passes in and returns landmarks chosen by the
-test. Expected points are computed here from SPEC 3.2, independently of the backend code.
+test. Expected points are computed here from docs/face-processing.md, independently of the backend code.
 """
 
 import enum
@@ -20,7 +20,7 @@ from latentsync.errors import UserError
 from latentsync.face.detectors import make_face_detector
 from latentsync.face.tracking import FaceTracker
 
-# SPEC 3.2 point groups, written out again so that a wrong constant in the backend is caught.
+# The point groups of docs/face-processing.md, written out again so that a wrong constant in the backend is caught.
 INSIGHTFACE_GROUPS = ([43, 48, 49, 51, 50], [101, 102, 103, 104, 105], [74, 77, 83, 86])
 FAN_GROUPS = (list(range(17, 22)), list(range(22, 27)), list(range(27, 36)))
 BUFFALO_FILES = ("det_10g.onnx", "2d106det.onnx")
@@ -121,7 +121,7 @@ def landmarks_106(seed: int, x0: float, y0: float) -> np.ndarray:
 
 
 def spec_insightface_points(landmarks: np.ndarray) -> np.ndarray:
-    """SPEC 3.2: round the 106 points to integers, mean each group, round half to even."""
+    """InsightFace (docs/face-processing.md): round the 106 points to integers, mean each group, round half to even."""
     rounded = [[round(float(v)) for v in point] for point in landmarks]  # Python: half to even
     points = []
     for group in INSIGHTFACE_GROUPS:
@@ -146,7 +146,7 @@ def test_insightface_points_follow_spec_rounding(fake_insightface, buffalo_check
     assert faces[0].score == pytest.approx(0.9)
 
 
-# (bbox x1, y1, x2, y2), det_score, kept by the reference filter (integer box, SPEC 3.2)
+# (bbox x1, y1, x2, y2), det_score, kept by the reference filter (integer box, docs/face-processing.md)
 FILTER_CASES = [
     ((0, 0, 50, 80), 0.9, True),          # minimum width and height
     ((0, 0, 49, 80), 0.9, False),         # width 49 < 50
@@ -349,7 +349,7 @@ def landmarks_68(seed: int, x0: float, y0: float) -> np.ndarray:
 
 
 def spec_fan_points(landmarks: np.ndarray) -> np.ndarray:
-    """SPEC 3.2 (1.0 / 1.5): plain means of 17-21, 22-26, 27-35, not rounded."""
+    """face_alignment (1.0 / 1.5, docs/face-processing.md): plain means of 17-21, 22-26, 27-35, not rounded."""
     rows = landmarks.astype(np.float64).tolist()
     return np.array([[sum(rows[i][k] for i in group) / len(group) for k in (0, 1)]
                      for group in FAN_GROUPS])

@@ -94,8 +94,8 @@ def set_number(page, elem_id: str, value) -> None:
 
 def set_fast(page) -> None:
     """1 inference step without classifier-free guidance: the cheapest run the page allows."""
-    set_number(page, "steps", 1)
-    set_number(page, "guidance", 1.0)
+    set_number(page, "inference_steps", 1)
+    set_number(page, "guidance_scale", 1.0)
 
 
 def wait_for_result(page):
@@ -243,7 +243,7 @@ def test_dub_a_clip_in_the_browser(page, app, clips):
     upload(page, "video_in", clips / "clip_video.mp4")
     upload(page, "audio_in", clips / "clip_audio.wav")
     page.get_by_text("540x960, 2.0 s").wait_for(timeout=30_000)  # upload-time check of the video
-    set_number(page, "steps", 1)  # guidance stays at its default 1.5
+    set_number(page, "inference_steps", 1)  # guidance stays at its default 1.5
     page.locator("#generate").click()
     # the bar is fed by the pipeline's own progress calls
     page.locator("#result").get_by_text(re.compile(r"Face detection: frame|Lip sync: segment")).first.wait_for(
@@ -258,7 +258,7 @@ def test_dub_a_clip_in_the_browser(page, app, clips):
     run = new.pop()
     out = run / "out.mp4"
     options = json.loads((run / "settings.json").read_text())["options"]
-    assert (options["num_inference_steps"], options["guidance_scale"], options["seed"]) == (1, 1.5, 1247)
+    assert (options["inference_steps"], options["guidance_scale"], options["seed"]) == (1, 1.5, 1247)
     assert str(out) in page.locator("#status").inner_text()
     check_output(out, frames=25 * CLIP_SECONDS)
     served = page.request.get(src if src.startswith("http") else url.rstrip("/") + src)
@@ -320,3 +320,12 @@ def test_bad_uploads_show_errors_and_the_app_keeps_serving(page, browser, app, c
     for run in (first, second):
         assert json.loads((run / "settings.json").read_text())["options"]["guidance_scale"] == 1.0
         check_output(run / "out.mp4", frames=25 * CLIP_SECONDS)
+
+
+def test_demo_clips_are_the_default_examples():
+    pairs = [[str(MEDIA / f"{demo}_video.mp4"), str(MEDIA / f"{demo}_audio.wav")] for demo in ("demo1", "demo2")]
+    assert all(Path(p).is_file() for pair in pairs for p in pair)
+    assert find_examples(AppSettings().examples_dir) == pairs
+    import gradio_app
+
+    assert Path(gradio_app.parse_args([]).examples_dir) == MEDIA

@@ -14,13 +14,13 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from conftest import MEDIA, REFERENCE, REPO, need
-from latentsync.pipelines.lipsync_pipeline import (SCHEDULER_CONFIG, LipsyncOptions, LipsyncPipeline, plan_segments,
-                                                   source_index)
+from latentsync.pipelines.lipsync_pipeline import SCHEDULER_CONFIG, LipsyncOptions, LipsyncPipeline
+from latentsync.pipelines.segments import plan_segments, source_index
 from latentsync.video import ffmpeg_exe
 from scripts.inference import main as inference_main
 from scripts.make_tiny_checkpoints import make_tiny_checkpoints
 
-FAST = dict(num_inference_steps=2, guidance_scale=1.5, show_progress=False)
+FAST = dict(inference_steps=2, guidance_scale=1.5, show_progress=False)
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -144,7 +144,7 @@ def test_demo1_dubbed_video_has_audio_length_input_resolution_and_untouched_back
 
 def test_audio_longer_than_video_loops_the_video(pipe, small_clip, tmp_path):
     audio = speech_wav(tmp_path, 3.0)  # 75 frames from a 50-frame clip
-    out = pipe(small_clip, audio, tmp_path / "loop.mp4", LipsyncOptions(**FAST))
+    out = pipe(small_clip, audio, tmp_path / "loop.mp4", LipsyncOptions(**FAST)).output_path
     frames, fps, audio_s = read_video(out)
     assert len(frames) == 75 and audio_s == pytest.approx(3.0, abs=0.05)
     # output frame 50 + k shows source frame 49 - k: compare the background (top band)
@@ -157,7 +157,7 @@ def test_30fps_clip_is_resampled_to_25(pipe, small_clip, tmp_path):
     clip30 = tmp_path / "clip30.mp4"
     ffmpeg("-i", small_clip, "-r", 30, "-c:v", "libx264", "-crf", 12, "-an", clip30)
     audio = speech_wav(tmp_path, 1.6)
-    frames, fps, _ = read_video(pipe(clip30, audio, tmp_path / "o30.mp4", LipsyncOptions(**FAST)))
+    frames, fps, _ = read_video(pipe(clip30, audio, tmp_path / "o30.mp4", LipsyncOptions(**FAST)).output_path)
     assert fps == 25 and len(frames) == 40
 
 
@@ -165,7 +165,8 @@ def test_output_at_the_input_frame_rate(pipe, small_clip, tmp_path):
     clip30 = tmp_path / "clip30.mp4"
     ffmpeg("-i", small_clip, "-r", 30, "-c:v", "libx264", "-crf", 12, "-an", clip30)
     audio = speech_wav(tmp_path, 1.6)
-    frames, fps, _ = read_video(pipe(clip30, audio, tmp_path / "o.mp4", LipsyncOptions(**FAST, output_fps=30)))
+    frames, fps, _ = read_video(pipe(clip30, audio, tmp_path / "o.mp4",
+                                     LipsyncOptions(**FAST, output_fps=30)).output_path)
     assert fps == 30 and len(frames) == 48
 
 
@@ -175,8 +176,17 @@ def test_frames_without_a_face_pass_through_unchanged(pipe, small_clip, tmp_path
            "-c:v", "libx264", "-crf", 12, "-an", spliced)
     source, _, _ = read_video(spliced)
     audio = speech_wav(tmp_path, 2.0)
-    frames, _, _ = read_video(pipe(spliced, audio, tmp_path / "o.mp4", LipsyncOptions(**FAST)))
+    events = []
+    result = pipe(spliced, audio, tmp_path / "o.mp4", LipsyncOptions(**FAST), progress=events.append)
+    frames, _, _ = read_video(result.output_path)
     assert len(frames) == 50
+    assert (result.num_frames, result.frames_without_face) == (50, 15)
+    assert len(result.warnings) == 1 and "no face in 15 of 50 output frames" in result.warnings[0]
+    assert result.segments == 3  # frames 0..19 (16 + an overlapping tail of 4) and 35..49
+    for stage, total in (("faces", 50), ("segments", 3), ("writing", 50)):
+        done = [e.done for e in events if e.stage == stage]
+        assert done == sorted(done) and done[-1] == total, (stage, done)
+        assert all(e.total == total for e in events if e.stage == stage)
     assert frames[21:34].max() <= 20  # still black: nothing was pasted there
     diff = np.abs(frames.astype(int) - source.astype(int))
     assert diff[21:34].mean() < 1.0
@@ -188,7 +198,7 @@ def test_silent_audio_is_fine(pipe, small_clip, tmp_path):
     soundfile.write(silent, np.zeros(16000), 16000)
     for mode in ("mute", "keep"):
         frames, _, audio_s = read_video(pipe(small_clip, silent, tmp_path / f"{mode}.mp4",
-                                             LipsyncOptions(**FAST, silence=mode)))
+                                             LipsyncOptions(**FAST, silence=mode)).output_path)
         assert len(frames) == 25 and audio_s == pytest.approx(1.0, abs=0.05)
     source, _, _ = read_video(small_clip)
     kept, _, _ = read_video(tmp_path / "keep.mp4")
@@ -307,3 +317,91 @@ def test_whisper_width_must_match_the_unet(tiny):
     with pytest.raises(UserError, match=r"tiny\.pt: gives 64-d features but the UNet expects cross_attention_dim 96"):
         LipsyncPipeline(vae=None, unet=unet, scheduler=DDIMScheduler(**SCHEDULER_CONFIG),
                         audio_encoder=AudioEncoder(tiny / "whisper/tiny.pt", device="cpu"), resolution=128)
+
+
+# -- mistakes are reported before the slow imports ---------------------------------------------
+
+HEAVY_SCRIPT = """
+import sys
+from scripts.inference import main
+code = main(sys.argv[1:])
+print("HEAVY", ",".join(m for m in ("torch", "diffusers", "mediapipe") if m in sys.modules))
+sys.exit(code)
+"""
+
+
+def fast_fail_args(tiny, tmp_path, case):
+    """CLI arguments with one mistake; returns (args, text the error must contain)."""
+    video, audio = tmp_path / "in.mp4", tmp_path / "in.wav"
+    video.write_bytes(b"not decoded before the models load")
+    audio.write_bytes(b"neither is this")
+    paths = {"unet_config_path": tiny / "unet.yaml", "inference_ckpt_path": tiny / "latentsync_unet.pt",
+             "whisper_ckpt_path": tiny / "whisper/tiny.pt", "vae_path": tiny / "vae", "video_path": video,
+             "audio_path": audio, "video_out_path": tmp_path / "out.mp4"}
+    missing = tmp_path / "absent" / "file"
+    key, value, expected = {
+        "unet ckpt": ("inference_ckpt_path", missing, "absent/file: checkpoint file not found"),
+        "unet config": ("unet_config_path", missing, "absent/file: config file not found"),
+        "whisper": ("whisper_ckpt_path", missing, "absent/file: Whisper checkpoint not found"),
+        "vae folder": ("vae_path", tmp_path / "absent_vae", "absent_vae: VAE folder not found"),
+        "video": ("video_path", missing, "absent/file: input video not found"),
+        "audio": ("audio_path", missing, "absent/file: input audio not found"),
+        "output is the video": ("video_out_path", video, "the output path is the input video"),
+        "output is the audio": ("video_out_path", tmp_path / "." / "in.wav", "the output path is the input audio"),
+        "bad option": ("video_out_path", tmp_path / "out.mp4", "inference_steps must be >= 1"),
+    }[case]
+    paths[key] = value
+    args = [str(a) for k, v in paths.items() for a in (f"--{k}", v)]
+    return args + (["--inference_steps", "0"] if case == "bad option" else []), expected
+
+
+@pytest.mark.parametrize("case", ["unet ckpt", "unet config", "whisper", "vae folder", "video", "audio",
+                                  "output is the video", "output is the audio", "bad option"])
+def test_mistakes_are_reported_before_torch_is_imported(tiny, tmp_path, case):
+    args, expected = fast_fail_args(tiny, tmp_path, case)
+    before = {p: p.read_bytes() for p in tmp_path.glob("in.*")}
+    result = subprocess.run([sys.executable, "-c", HEAVY_SCRIPT, *args], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: ") and expected in result.stderr
+    assert result.stdout.split("HEAVY")[-1].strip() == "", result.stdout  # torch, diffusers, mediapipe not loaded
+    assert {p: p.read_bytes() for p in tmp_path.glob("in.*")} == before  # inputs untouched
+
+
+def test_inference_sh_reports_a_missing_checkpoint_in_one_line(tmp_path):
+    result = subprocess.run([str(REPO / "inference.sh"), "--video_path", need(MEDIA / "demo1_video.mp4"),
+                             "--audio_path", need(MEDIA / "demo1_audio.wav"), "--video_out_path", tmp_path / "o.mp4",
+                             "--inference_ckpt_path", tmp_path / "nope.pt"], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr == f"error: {tmp_path / 'nope.pt'}: checkpoint file not found\n"
+
+
+# -- the Whisper file follows the UNet's width ---------------------------------------------------
+
+@pytest.mark.parametrize("width, name", [(384, "whisper/tiny.pt"), (768, "whisper/small.pt")])
+def test_whisper_checkpoint_is_picked_from_cross_attention_dim(tiny, tmp_path, capsys, width, name):
+    from latentsync import loading
+
+    config = OmegaConf.load(tiny / "unet.yaml")
+    config.model.cross_attention_dim = width
+    OmegaConf.save(config, tmp_path / "unet.yaml")
+    ckpts = tmp_path / "ckpts"
+    args = ["--unet_config_path", tmp_path / "unet.yaml", "--inference_ckpt_path", tiny / "latentsync_unet.pt",
+            "--vae_path", tiny / "vae", "--checkpoints_dir", ckpts, "--video_path", need(MEDIA / "demo1_video.mp4"),
+            "--audio_path", need(MEDIA / "demo1_audio.wav"), "--video_out_path", tmp_path / "o.mp4"]
+    assert run_cli(args) == 2  # not downloaded yet: the message names the file that was picked
+    assert capsys.readouterr().err == f"error: {ckpts / name}: Whisper checkpoint not found\n"
+    (ckpts / name).parent.mkdir(parents=True)
+    (ckpts / name).write_bytes((tiny / "whisper/tiny.pt").read_bytes())
+    files = loading.resolve_files(tmp_path / "unet.yaml", tiny / "latentsync_unet.pt", None, tiny / "vae", ckpts)
+    assert files.whisper == ckpts / name
+    explicit = loading.resolve_files(tmp_path / "unet.yaml", tiny / "latentsync_unet.pt", tiny / "whisper/tiny.pt",
+                                     tiny / "vae", ckpts)
+    assert explicit.whisper == tiny / "whisper/tiny.pt"  # an explicit path wins
+
+
+def test_unknown_width_has_no_default_whisper(tiny):
+    from latentsync import loading
+    from latentsync.errors import UserError
+
+    with pytest.raises(UserError, match=r"unet\.yaml: model\.cross_attention_dim 64 has no default Whisper"):
+        loading.resolve_files(tiny / "unet.yaml", tiny / "latentsync_unet.pt", None, tiny / "vae")

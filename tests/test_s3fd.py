@@ -1,4 +1,4 @@
-"""S3FD face detector for the LSE-C / LSE-D face tracks (latentsync/eval/s3fd.py, SPEC 10.1 step 2)."""
+"""S3FD face detector for the LSE-C / LSE-D face tracks (latentsync/eval/s3fd.py, docs/evaluation.md)."""
 
 import math
 

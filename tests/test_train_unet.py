@@ -1,4 +1,4 @@
-"""UNet training (SPEC 7): dataset samples, every loss, trainable-module selection, overfitting,
+"""UNet training (docs/training.md): dataset samples, every loss, trainable-module selection, overfitting,
 exact resume, checkpoints that inference loads, and configs rejected before training.
 
 Everything runs on the CPU with tiny random models (UNet, VAE, SyncNet, VideoMAE, LPIPS backbone)
@@ -179,20 +179,20 @@ def test_dataset_sample_windows_audio_and_mel(tiny, media, tmp_path, caplog):
 
 def test_every_loss_runs_and_only_trainable_modules_change(tiny, media, tmp_path):
     config = write_config(tmp_path / "cfg.yaml", tiny, media, tmp_path, **{
-        "run.max_train_steps": 2, "ckpt.save_ckpt_steps": 2, "run.enable_gradient_checkpointing": True,
+        "run.max_train_steps": 2, "ckpt.save_ckpt_steps": 2, "run.gradient_checkpointing": True,
         "data.val_video_path": str(media["clip"]), "data.val_audio_path": str(media["val_audio"]),
         "run.inference_steps": 1, "data.num_workers": 1})
     assert run_training(config) == 0
     run = only_run(tmp_path / "runs")
     state = state_dict_of(next((run / "checkpoints").glob("training-state-*.pt")))
     history = state["history"]
-    assert history["step"] == [1, 2]
+    assert history["train_step_list"] == [1, 2]
     for term in ("recon", "sync", "lpips", "trepa", "loss"):
-        values = history[term]
+        values = history[f"train_{term}_list"]
         assert len(values) == 2 and all(np.isfinite(values)) and all(v > 0 for v in values), (term, values)
     weights = {"recon": 1, "sync": 0.05, "lpips": 0.1, "trepa": 10}
-    total = sum(w * history[t][0] for t, w in weights.items())
-    assert history["loss"][0] == pytest.approx(total, rel=1e-5)
+    total = sum(w * history[f"train_{t}_list"][0] for t, w in weights.items())
+    assert history["train_loss_list"][0] == pytest.approx(total, rel=1e-5)
 
     before = state_dict_of(tiny / "latentsync_unet.pt")["state_dict"]
     after = state_dict_of(run / "checkpoints/checkpoint-2.pt")
@@ -214,7 +214,7 @@ def test_overfitting_one_clip_drives_noise_prediction_loss_down(tiny, media, tmp
         "run.max_train_steps": OVERFIT_STEPS, "ckpt.save_ckpt_steps": OVERFIT_STEPS, "optimizer.lr": 2e-3}))
     assert run_training(config) == 0
     run = only_run(tmp_path / "runs")
-    recon = state_dict_of(run / f"checkpoints/training-state-{OVERFIT_STEPS}.pt")["history"]["recon"]
+    recon = state_dict_of(run / f"checkpoints/training-state-{OVERFIT_STEPS}.pt")["history"]["train_recon_list"]
     first, last = np.mean(recon[:20]), np.mean(recon[-40:])
     print(f"recon loss: first 20 steps {first:.4f}, last 40 steps {last:.4f}, factor {first / last:.2f}")
     assert first / last > OVERFIT_FACTOR
@@ -229,8 +229,8 @@ def test_resume_matches_unbroken_run_and_checkpoint_runs_inference(tiny, media, 
     assert run_training(config, "--resume_from", str(broken), "--max_train_steps", "5") == 0
     unbroken = state_dict_of(tmp_path / "runs/unbroken/checkpoints/training-state-5.pt")["history"]
     resumed = state_dict_of(broken / "checkpoints/training-state-5.pt")["history"]
-    assert resumed["step"] == [1, 2, 3, 4, 5]
-    assert resumed["loss"] == unbroken["loss"]  # steps 3..5 ran after the resume
+    assert resumed["train_step_list"] == [1, 2, 3, 4, 5]
+    assert resumed["train_loss_list"] == unbroken["train_loss_list"]  # steps 3..5 ran after the resume
     final_a = state_dict_of(tmp_path / "runs/unbroken/checkpoints/checkpoint-5.pt")["state_dict"]
     final_b = state_dict_of(broken / "checkpoints/checkpoint-5.pt")["state_dict"]
     assert all(torch.equal(final_a[k], final_b[k]) for k in final_a)
@@ -293,7 +293,8 @@ def test_initial_weights_stage2_from_stage1_and_sd15_rules(tmp_path):
     from safetensors.torch import save_file
 
     from latentsync.errors import UserError
-    from latentsync.training.unet_trainer import build_unet, load_initial_weights
+    from latentsync.training.unet_config import build_unet
+    from latentsync.training.unet_models import load_initial_weights
 
     model = OmegaConf.to_container(OmegaConf.load(REPO / "configs/unet/debug_cpu.yaml").model)
     stage1_model = {**model, "use_motion_module": False}

@@ -35,7 +35,7 @@ def test_official_config_builds_exact_checkpoint_layout(manifest_name):
         unet = UNet3DConditionModel.from_config(model_config(REPO / "configs/unet" / MANIFEST_CONFIGS[manifest_name]))
     state = {k: list(v.shape) for k, v in unet.state_dict().items()}
     expected = manifest["keys"]
-    if manifest_name == "unet_v1.0_second_stage.json":  # 1.0 names map onto ours (SPEC 4.8)
+    if manifest_name == "unet_v1.0_second_stage.json":  # 1.0 names map onto ours (docs/checkpoints.md)
         expected = {k.replace("audio_cross_attn.attn.", "attn2.").replace("audio_cross_attn.norm.", "norm2."): v
                     for k, v in expected.items()}
     assert sorted(set(state) - set(expected)) == [] and sorted(set(expected) - set(state)) == []

@@ -14,7 +14,7 @@ import pytest
 import soundfile
 
 from latentsync import video
-from latentsync.errors import UserError
+from latentsync.errors import ExternalToolError, UserError
 
 from conftest import MEDIA, need
 
@@ -245,7 +245,7 @@ def test_writer_exception_leaves_no_file(tmp_path):
 def test_writer_ffmpeg_failure_keeps_old_output(tmp_path):
     out = tmp_path / "out.mp4"
     out.write_bytes(b"previous result")
-    with pytest.raises(RuntimeError, match="crf"):  # ffmpeg's own complaint is in the message
+    with pytest.raises(ExternalToolError, match="crf"):  # ffmpeg's own complaint is in the message
         with video.VideoWriter(out, fps=25, width=32, height=32, crf=-5) as writer:
             for _ in range(50):
                 writer.write(gradient(4, 32, 32))
@@ -403,3 +403,19 @@ def test_memory_does_not_grow_with_clip_length():
     assert rss_growth < 200e6, f"RSS grew by {rss_growth / 1e6:.0f} MB after warm-up"
     total = stats["final_peak"] - stats["start"]
     assert total < 100 * FRAME_BYTES, f"peak {total / 1e6:.0f} MB above start"  # ~2 chunks
+
+
+def test_single_frames_follow_the_chunk_reader_and_are_rgb(tmp_path):
+    """The one frame contract: R, G, B order (not OpenCV's BGR), same frames as iter_frames."""
+    path = tmp_path / "red.mp4"
+    red = np.zeros((6, 32, 48, 3), np.uint8)
+    red[..., 0] = 220
+    with video.VideoWriter(path, fps=30, width=48, height=32) as writer:
+        writer.write(red)
+    singles = list(video.iter_single_frames(path, fps=25))
+    assert len(singles) == video.count_frames(path, fps=25) == 5  # 6 frames at 30 fps -> 0.2 s
+    np.testing.assert_array_equal(np.stack(singles), all_frames(path, fps=25))
+    r, g, b = singles[0].reshape(-1, 3).mean(0)
+    assert r > 180 and g < 40 and b < 40
+    np.testing.assert_array_equal(np.stack(list(video.iter_single_frames(path, fps=None))),
+                                  all_frames(path, fps=None))

@@ -5,7 +5,6 @@ import hashlib
 import logging
 import os
 import random
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,9 @@ import torch
 import torch.nn.functional as F
 
 from latentsync.audio import load_audio, syncnet_melspectrogram
+from latentsync.constants import SAMPLE_RATE
 from latentsync.errors import UserError
+from latentsync.io import atomic_open
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ class MelCache:
     or replaced clip is recomputed and clips with equal names in different folders never collide.
     """
 
-    def __init__(self, cache_dir: str | os.PathLike | None, sample_rate: int = 16000, keep_in_memory: bool = False):
+    def __init__(self, cache_dir: str | os.PathLike | None, sample_rate: int = SAMPLE_RATE, keep_in_memory: bool = False):
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.sample_rate = sample_rate
         self.memory: dict[str, np.ndarray] | None = {} if keep_in_memory else None
@@ -168,12 +169,5 @@ class MelCache:
     @staticmethod
     def write(cache_path: Path, mel: np.ndarray) -> None:
         """Save under a temporary name and rename, so concurrent readers never see half a file."""
-        cache_path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=cache_path.parent, prefix=cache_path.stem, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.save(f, mel, allow_pickle=False)
-            os.replace(tmp, cache_path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_open(cache_path, "wb") as f:
+            np.save(f, mel, allow_pickle=False)

@@ -1,7 +1,7 @@
-"""Training samples for SyncNet: a face clip, a mel window and an in-sync / off-sync label (SPEC 8).
+"""Training samples for SyncNet: a face clip, a mel window and an in-sync / off-sync label (see docs/training.md).
 
 One sample: pick a clip at random; a start frame s and a different start w; the mel window of
-the frames starting at s (SPEC 2.4); then with probability 1/2 the frames starting at s (label
+the frames starting at s (docs/audio-features.md); then with probability 1/2 the frames starting at s (label
 1, in sync) or the frames starting at w (label 0, off sync). Frames are resized to the training
 resolution (a no-op on data-pipeline output, which is already aligned at 256 px), scaled to
 [-1, 1], stacked frame-major on the channels and cut to their lower half if configured:
@@ -12,7 +12,7 @@ Every draw comes from a `random.Random` keyed by (seed, epoch, index), never fro
 RNGs, so a sample depends only on its index: validation sets are reproducible and a resumed
 training run sees exactly the batches an uninterrupted run would, with any number of workers.
 
-Differences from the reference (SPEC 12.1 items 8 and 12): the mel cache is keyed by the file's
+Differences from the reference (docs/reference-differences.md, items 8 and 12): the mel cache is keyed by the file's
 path, size and modification time plus the mel settings (not by the basename) and written
 atomically; a broken clip is logged and another one drawn, and after `max_consecutive_failures`
 failures in a row the dataset raises instead of retrying forever; s is drawn only among the
@@ -82,7 +82,7 @@ def frames_to_tensor(frames: np.ndarray, resolution: int, lower_half: bool) -> t
 
 
 class SyncNetDataset(torch.utils.data.Dataset):
-    """In-sync / off-sync (frames, mel) pairs drawn from talking-face clips (SPEC 8).
+    """In-sync / off-sync (frames, mel) pairs drawn from talking-face clips (docs/training.md).
 
     `source`: a list of video paths, a file-list file (one path per line) or a folder searched
     recursively for `.mp4`. The clip is drawn at random for every sample (the index only keys

@@ -1,4 +1,4 @@
-"""Training samples for the LatentSync UNet (SPEC 7.2).
+"""Training samples for the LatentSync UNet (see docs/training.md).
 
 One sample = a window of `num_frames` aligned faces of one clip (the ground truth), the same
 frames masked with the mouth mask, a reference window from another, non-overlapping part of the
@@ -7,7 +7,7 @@ loss is on, the SyncNet mel window of those frames:
 
     gt_pixel_values, masked_pixel_values, ref_pixel_values  float32 [F, 3, res, res] in [-1, 1]
     masks                                                    float32 [F, 1, res, res] (1 = keep)
-    audio_embeds                                             float32 [F, 50, D] (SPEC 2.2)
+    audio_embeds                                             float32 [F, 50, D] (docs/pipeline-timing.md)
     mel                                                      float32 [1, 80, ceil(F*80/fps)] or [0]
     video_path (str), start_idx, ref_start_idx (int)
 
@@ -23,7 +23,7 @@ with any number of workers. The gt start s is uniform over the starts whose fram
 chunks and (if used) mel window exist and that leave room for a reference window; the reference
 start r is uniform over the starts with |r - s| >= F.
 
-Differences from the reference (SPEC 7.2, 12.1 items 8 and 12): clips need 2F frames (the
+Differences from the reference (docs/reference-differences.md, items 8 and 12): clips need 2F frames (the
 reference skips clips under 3F and then rejection-samples r); s and r are drawn directly among
 the valid starts instead of redrawing the whole sample; caches are keyed by content/file stamps,
 not basenames; a broken clip is logged (once per clip and process) and another drawn, and after

@@ -1,4 +1,4 @@
-"""Fréchet Video Distance on face crops (SPEC 10.3).
+"""Fréchet Video Distance on face crops.
 
 Each video contributes one clip: frames 20..35 (no frame-rate conversion), each cropped to the
 first detected face box and resized to 224x224 with INTER_AREA. A TorchScript I3D (Kinetics-400,
@@ -22,15 +22,16 @@ import cv2
 import numpy as np
 import torch
 
+from latentsync.checkpoints import checkpoint_file, default_path
 from latentsync.errors import UserError
 from latentsync.eval.frechet import frechet_distance
-from latentsync.eval.media import list_videos, read_frames
+from latentsync.eval.media import list_videos
+from latentsync.video import count_frames, read_frames
 
 logger = logging.getLogger(__name__)
 
-I3D_PATH = "checkpoints/auxiliary/i3d_torchscript.pt"
-I3D_SOURCE = ("get it with `huggingface-cli download ByteDance/LatentSync-1.5 "
-              "auxiliary/i3d_torchscript.pt --local-dir checkpoints` (StyleGAN-V's I3D release)")
+I3D_PATH = str(default_path("i3d"))
+I3D_SOURCE = f"get it from {checkpoint_file('i3d').source()} (StyleGAN-V's I3D release)"
 FIRST_FRAME = 20
 NUM_FRAMES = 16
 FACE_SIZE = 224
@@ -66,10 +67,11 @@ def face_box(frame: np.ndarray, detector, where: str) -> tuple[int, int, int, in
 def face_clip(video_path: str | os.PathLike, detector, first_frame: int = FIRST_FRAME,
               num_frames: int = NUM_FRAMES) -> np.ndarray:
     """uint8 [16, 224, 224, 3] RGB face crops of frames first_frame .. first_frame+15."""
-    frames = read_frames(video_path, first_frame, num_frames, pix_fmt="rgb24")
-    if len(frames) < num_frames:
+    try:  # the decoded frames as stored (no frame-rate conversion), RGB
+        frames = read_frames(video_path, first_frame, num_frames, fps=None)
+    except IndexError:
         raise UserError(f"{video_path}: FVD needs frames {first_frame}..{first_frame + num_frames - 1}, "
-                        f"the video has only {first_frame + len(frames)} frames")
+                        f"the video has only {count_frames(video_path, fps=None)} frames") from None
     if hasattr(detector, "reset"):
         detector.reset()
     crops = []

@@ -1,4 +1,4 @@
-"""Blind image quality with hyperIQA (Su et al., CVPR 2020), as used by data stage 8 (SPEC 10.4).
+"""Blind image quality with hyperIQA (Su et al., CVPR 2020), as used by data stage 8 (see docs/evaluation.md).
 
 The published model `HyperNet(16, 112, 224, 112, 56, 28, 14, 7)`:
 
@@ -13,7 +13,7 @@ The published model `HyperNet(16, 112, 224, 112, 56, 28, 14, 7)`:
 The parameter names follow the public `koniq_pretrained.pkl` (a plain state dict: `res.*`
 backbone + LDA layers, `conv1.*`, `fc{1..4}w_conv`, `fc{1..4}b_fc`, `fc5w_fc`, `fc5b_fc`),
 which loads strictly. Unlike the reference, the backbone is built without downloading the
-ImageNet ResNet-50 weights (the KonIQ file overwrites every one of them anyway, SPEC 12.1.6).
+ImageNet ResNet-50 weights (the KonIQ file overwrites every one of them anyway; docs/reference-differences.md item 6).
 """
 
 from __future__ import annotations
@@ -27,13 +27,12 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from latentsync.checkpoints import checkpoint_file, default_path
 from latentsync.errors import UserError
 from latentsync.eval.weights import load_weights_strictly
 
-HYPER_IQA_PATH = "checkpoints/auxiliary/koniq_pretrained.pkl"
-HYPER_IQA_SOURCE = ("`huggingface-cli download ByteDance/LatentSync-1.5 "
-                    "auxiliary/koniq_pretrained.pkl --local-dir checkpoints` (the hyperIQA "
-                    "authors' KonIQ-10k model)")
+HYPER_IQA_PATH = str(default_path("hyper_iqa"))
+HYPER_IQA_SOURCE = f"{checkpoint_file('hyper_iqa').source()} (the hyperIQA authors' KonIQ-10k model)"
 
 # HyperNet(16, 112, 224, 112, 56, 28, 14, 7) of the paper / LatentSync
 LDA_OUT_CHANNELS = 16
@@ -162,7 +161,7 @@ def load_hyper_iqa(path: str | os.PathLike = HYPER_IQA_PATH, device="cpu") -> Hy
     """HyperNet in eval mode with the weights of `path` (the KonIQ state dict), loaded strictly."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path}: hyperIQA checkpoint not found; get it with {HYPER_IQA_SOURCE}")
+        raise UserError(f"{path}: hyperIQA checkpoint not found; get it from {HYPER_IQA_SOURCE}")
     return load_weights_strictly(HyperNet(), path, device, "hyperIQA HyperNet", wrapper_key="model")
 
 

@@ -22,9 +22,12 @@ import cv2
 import numpy as np
 import torch
 
+from latentsync.checkpoints import checkpoint_file, default_path
 from latentsync.errors import UserError
 from latentsync.eval.frechet import frechet_distance
-from latentsync.eval.media import iter_frames, list_videos
+from latentsync.eval.media import list_videos
+from latentsync.io import load_torch_file
+from latentsync.video import iter_single_frames
 
 logger = logging.getLogger(__name__)
 
@@ -33,9 +36,9 @@ SSIM_SIGMA = 1.5
 SSIM_K1, SSIM_K2 = 0.01, 0.03
 DATA_RANGE = 255.0
 
-INCEPTION_PATH = "checkpoints/auxiliary/inception_v3_google-0cc3c7bd.pth"
-INCEPTION_SOURCE = ("torchvision's Inception v3 ImageNet weights, file inception_v3_google-0cc3c7bd.pth "
-                    "(download.pytorch.org/models/); pass its path with --inception_path")
+INCEPTION_PATH = str(default_path("inception"))
+INCEPTION_SOURCE = (f"torchvision's Inception v3 ImageNet weights from {checkpoint_file('inception').source()}; "
+                    "pass its path with --inception_path")
 INCEPTION_SIZE = 299
 FEATURE_BATCH = 16
 
@@ -98,11 +101,7 @@ class InceptionFeatures:
         path = Path(weights_path)
         if not path.is_file():
             raise UserError(f"{path}: Inception v3 weights not found (FID); {INCEPTION_SOURCE}")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise UserError(f"{path}: not a loadable weights-only torch file "
-                            f"({str(exc).splitlines()[0]})") from None
+        state = load_torch_file(path, "Inception v3 weights file")
         model = torchvision.models.inception_v3(weights=None, aux_logits=True, init_weights=False,
                                                 transform_input=False)
         try:
@@ -196,8 +195,8 @@ def _add_features(feats: dict, batch: list, extractor: FeatureExtractor) -> None
 def _paired_frames(real: Path, fake: Path, stride: int, max_frames: int | None):
     """Yield (real, fake) RGB frame pairs of equal size."""
     count = 0
-    for index, (a, b) in enumerate(zip(iter_frames(real, pix_fmt="rgb24"),
-                                       iter_frames(fake, pix_fmt="rgb24"))):
+    for index, (a, b) in enumerate(zip(iter_single_frames(real, fps=None),
+                                       iter_single_frames(fake, fps=None))):
         if index % stride:
             continue
         if a.shape != b.shape:

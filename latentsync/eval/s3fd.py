@@ -1,4 +1,4 @@
-"""S3FD face detector for the LSE-C / LSE-D face tracks (SPEC 10.1 step 2).
+"""S3FD face detector for the LSE-C / LSE-D face tracks (see docs/evaluation.md).
 
 `S3FD` has the layer layout of the public `sfd_face.pth` (joonson/syncnet_python, mirrored as
 `auxiliary/sfd_face.pth` in the HF repo ByteDance/LatentSync-1.5), so that file loads strictly:
@@ -33,15 +33,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from latentsync.errors import UserError
+from latentsync.checkpoints import checkpoint_file, default_path
 from latentsync.eval.weights import check_state_dict
+from latentsync.io import load_torch_file
 from latentsync.face.detectors import Face, FaceDetector
 
 logger = logging.getLogger(__name__)
 
-S3FD_PATH = "checkpoints/auxiliary/sfd_face.pth"
-S3FD_SOURCE = ("get it with `huggingface-cli download ByteDance/LatentSync-1.5 auxiliary/sfd_face.pth "
-               "--local-dir checkpoints` or from the syncnet_python release "
-               "(robots.ox.ac.uk/~vgg/software/lipsync/data/sfd_face.pth)")
+S3FD_PATH = str(default_path("s3fd"))
+S3FD_SOURCE = f"get it from {checkpoint_file('s3fd').source()}"
 
 # VGG16 trunk: channels per convolution, "M" = 2x2 max-pool, "C" = the same with ceil_mode.
 VGG_CONFIG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "C", 512, 512, 512, "M", 512, 512, 512, "M")
@@ -156,11 +156,7 @@ def load_s3fd(path: str | os.PathLike = S3FD_PATH, device="cpu") -> S3FD:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: S3FD face detector weights not found; {S3FD_SOURCE}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # unpickling errors have many types
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UserError(f"{path}: not a loadable weights-only torch file ({first})") from None
+    state = load_torch_file(path, "S3FD weights file")
     if not isinstance(state, dict):
         raise UserError(f"{path}: expected a state dict, found {type(state).__name__}")
     if "conv1_1.weight" in state:
@@ -293,11 +289,11 @@ def estimated_points(box: np.ndarray) -> np.ndarray:
 
 
 def choose_face_detector(name: str, s3fd_path: str | os.PathLike | None = None) -> str:
-    """The backend to use for `--face_detector name`: "auto" is S3FD when its weights exist
+    """The backend to use for option `face_backend` = `name`: "auto" is S3FD when its weights exist
     (`s3fd_path`, default checkpoints/auxiliary/sfd_face.pth), else MediaPipe with a warning.
     A requested S3FD (or an explicit `s3fd_path`) whose file is missing is a UserError."""
     if name not in DETECTOR_CHOICES:
-        raise UserError(f"--face_detector {name!r}: expected one of {', '.join(DETECTOR_CHOICES)}")
+        raise UserError(f"face_backend {name!r}: expected one of {', '.join(DETECTOR_CHOICES)}")
     path = Path(s3fd_path if s3fd_path is not None else S3FD_PATH)
     if name == "s3fd" or (name == "auto" and s3fd_path is not None):
         if not path.is_file():

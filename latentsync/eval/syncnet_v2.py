@@ -1,4 +1,4 @@
-"""Lip-sync confidence (LSE-C) and distance (LSE-D) with the SyncNet v2 network (SPEC 10.1).
+"""Lip-sync confidence (LSE-C) and distance (LSE-D) with the SyncNet v2 network.
 
 `SyncNetV2` has the layer layout of the public `syncnet_v2.model` (joonson/syncnet_python,
 mirrored in the HF repo ByteDance/LatentSync-1.5 as `auxiliary/syncnet_v2.model`), so that
@@ -34,20 +34,21 @@ import torch.nn.functional as F
 from scipy.signal import medfilt
 from torch import nn
 
+from latentsync.checkpoints import checkpoint_file, default_path
+from latentsync.constants import MODEL_FPS, SAMPLE_RATE
 from latentsync.errors import UserError
-from latentsync.eval.media import iter_frames, list_videos, read_audio_int16
+from latentsync.eval.media import list_videos, read_audio_int16
 from latentsync.eval.weights import load_weights_strictly
+from latentsync.face.tracking import box_iou  # noqa: F401 (the tracks below match boxes by IoU)
+from latentsync.io import atomic_open
+from latentsync.video import iter_single_frames
 
 logger = logging.getLogger(__name__)
 
-SYNCNET_V2_PATH = "checkpoints/auxiliary/syncnet_v2.model"
-SYNCNET_V2_SOURCE = ("get it from the syncnet_python release "
-                     "(robots.ox.ac.uk/~vgg/software/lipsync/data/syncnet_v2.model) or "
-                     "`huggingface-cli download ByteDance/LatentSync-1.5 auxiliary/syncnet_v2.model "
-                     "--local-dir checkpoints`")
+SYNCNET_V2_PATH = str(default_path("syncnet_v2"))
+SYNCNET_V2_SOURCE = f"get it from {checkpoint_file('syncnet_v2').source()}"
 
-SAMPLE_RATE = 16000
-VIDEO_FPS = 25
+VIDEO_FPS = MODEL_FPS
 SAMPLES_PER_FRAME = SAMPLE_RATE // VIDEO_FPS  # 640
 MFCC_PER_FRAME = 4  # 100 MFCC columns per second
 LIP_WINDOW = 5  # frames per lip input
@@ -204,7 +205,7 @@ def audio_features(model: SyncNetV2, mfcc: np.ndarray, count: int, batch_size: i
 
 
 def score_offsets(lip: torch.Tensor, aud: torch.Tensor, vshift: int = VSHIFT) -> SyncResult:
-    """Offset search of SPEC 10.1 on precomputed embeddings (row v of each = window v).
+    """The reference's offset search on precomputed embeddings (row v of each = window v).
 
     d[v, k] = |lip_v - aud_{v+k-vshift}| with zero rows outside the audio; D = mean over v.
     """
@@ -237,7 +238,7 @@ def evaluate_offset(model: SyncNetV2, frames: np.ndarray, wav: np.ndarray, vshif
 
 
 # ----------------------------------------------------------------------------------------
-# face tracks (SPEC 10.1 steps 3-5)
+# face tracks (shots, boxes, IoU tracks, crops)
 
 
 @dataclass
@@ -246,7 +247,7 @@ class TrackOptions:
 
     min_track: int = 50  # a track needs more than this many detections (syncnet_python: 100)
     min_face_size: float = 100.0  # mean box side in pixels
-    max_frame_gap: int = 25
+    max_frame_gap: int = MODEL_FPS  # one second of missing detections ends a track
     iou_threshold: float = 0.5
     smooth_kernel: int = 13
     crop_scale: float = 0.4
@@ -260,13 +261,6 @@ class Track:
 
     frames: np.ndarray  # [n] int
     boxes: np.ndarray  # [n, 4] float x1, y1, x2, y2
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> float:
-    """Intersection over union of two x1, y1, x2, y2 boxes."""
-    inter = max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else 0.0
 
 
 def make_detector(name: str = "mediapipe", s3fd_path: str | os.PathLike | None = None, device=None):
@@ -294,10 +288,10 @@ def detect_boxes_and_shots(video_path: str | os.PathLike, detector
 
     shot_detector = ContentDetector()
     boxes, cuts, count = [], [], 0
-    for index, frame in enumerate(iter_frames(video_path, fps=VIDEO_FPS)):
-        faces = detector.detect(np.ascontiguousarray(frame[:, :, ::-1]))
+    for index, rgb in enumerate(iter_single_frames(video_path, fps=VIDEO_FPS)):
+        faces = detector.detect(rgb)
         boxes.append([np.asarray(f.box, np.float64) for f in faces])
-        cuts += shot_detector.process_frame(index, _scene_frame(frame))
+        cuts += shot_detector.process_frame(index, _scene_frame(np.ascontiguousarray(rgb[:, :, ::-1])))  # BGR
         count = index + 1
     if count == 0:
         raise UserError(f"{video_path}: the video has no frames")
@@ -384,9 +378,10 @@ def crop_tracks(video_path: str | os.PathLike, tracks: list[Track],
     geometry = [crop_geometry(t, options) for t in tracks]
     crops: list[list[np.ndarray]] = [[] for _ in tracks]
     last = max(int(t.frames[-1]) for t in tracks)
-    for index, frame in enumerate(iter_frames(video_path, fps=VIDEO_FPS)):
+    for index, rgb in enumerate(iter_single_frames(video_path, fps=VIDEO_FPS)):
         if index > last:
             break
+        frame = np.ascontiguousarray(rgb[:, :, ::-1])  # SyncNet v2 was trained on BGR crops
         for i, track in enumerate(tracks):
             pos = index - int(track.frames[0])
             if 0 <= pos < len(track.frames):
@@ -451,12 +446,8 @@ def evaluate_folder(videos_dir: str | os.PathLike, model: SyncNetV2, detector, d
 
 def write_csv(rows: list[dict], path: str | os.PathLike) -> None:
     """Write per-video rows to `path` via a temporary file in the same folder."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
         writer.writeheader()
         for row in rows:
             writer.writerow({k: row.get(k, "") for k in CSV_FIELDS})
-    os.replace(tmp, path)

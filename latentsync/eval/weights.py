@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from latentsync.errors import UserError
+from latentsync.io import load_torch_file
 
 OPTIONAL_SUFFIX = "num_batches_tracked"  # BatchNorm counters: unused in eval mode
 
@@ -21,11 +22,7 @@ OPTIONAL_SUFFIX = "num_batches_tracked"  # BatchNorm counters: unused in eval mo
 def load_weights_strictly(model: nn.Module, path: Path, device, model_name: str, wrapper_key: str) -> nn.Module:
     """`model` in eval mode on `device` with the weights of `path` (a state dict, or a dict holding
     it under `wrapper_key`), read with weights_only=True; UserError naming the file otherwise."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # unpickling errors have many types
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UserError(f"{path}: not a loadable weights-only torch file ({first})") from None
+    state = load_torch_file(path, f"{model_name} weights file")
     if isinstance(state, dict) and isinstance(state.get(wrapper_key), dict):
         state = state[wrapper_key]
     if not isinstance(state, dict):

@@ -1,8 +1,8 @@
-"""Cutting the face out of a frame into the model's square, and pasting it back (SPEC 3.3, 3.5).
+"""Cutting the face out of a frame into the model's square, and pasting it back (see docs/face-processing.md).
 
 A similarity transform maps the three face points (brows, nose) onto a fixed template in a
 3:4 crop, which is stretched to res x res for the model. Everything runs in float64/float32
-on the CPU with OpenCV (the reference's fp16 matrices jitter by up to a pixel; SPEC 12.1/15).
+on the CPU with OpenCV (the reference's fp16 matrices jitter by up to a pixel; docs/reference-differences.md).
 """
 
 from __future__ import annotations
@@ -134,7 +134,7 @@ def similarity_transform(points: np.ndarray, template: np.ndarray) -> tuple[np.n
 
     Both are [3, 2] (x, y). Scales are sample standard deviations (ddof=1) of the centred
     coordinates; a reflection is turned into a rotation. The bias is the nose row of the
-    normalised template minus that of the normalised points (SPEC 3.3), in float64.
+    normalised template minus that of the normalised points (docs/face-processing.md), in float64.
     """
     src = np.asarray(points, dtype=np.float64).reshape(3, 2)
     dst = np.asarray(template, dtype=np.float64)

@@ -1,6 +1,6 @@
 """Face detectors that give, per face, a box and the three alignment points of the reference.
 
-The three points (SPEC 3.2), in pixel coordinates (x, y) and in this order:
+The three points (see docs/face-processing.md), in pixel coordinates (x, y) and in this order:
 P0 = image-left eyebrow centre, P1 = image-right eyebrow centre, P2 = nose centre.
 
 Backends:
@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from latentsync.checkpoints import CHECKPOINTS_DIR, checkpoint_file, default_path
 from latentsync.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ logger = logging.getLogger(__name__)
 DETECTOR_NAMES = ("mediapipe", "insightface", "face_alignment")
 DEFAULT_DETECTOR = "mediapipe"
 
-# MediaPipe FaceMesh indices of the three point groups (Appendix B: 68-point 17-21, 22-26, 27-35).
+# MediaPipe FaceMesh indices of the three point groups (= 68-point 17-21, 22-26, 27-35; docs/face-processing.md).
 MEDIAPIPE_POINT_GROUPS = (
     (71, 63, 105, 66, 107),
     (336, 296, 334, 293, 301),
@@ -38,7 +39,7 @@ MEDIAPIPE_POINT_GROUPS = (
 MEDIAPIPE_MAX_FACES = 5
 MEDIAPIPE_MIN_CONFIDENCE = 0.5
 
-# InsightFace 106-point groups and the reference's detection filters (SPEC 3.2, HEAD).
+# InsightFace 106-point groups and the reference's detection filters (docs/face-processing.md).
 INSIGHTFACE_POINT_GROUPS = ((43, 48, 49, 51, 50), (101, 102, 103, 104, 105), (74, 77, 83, 86))
 INSIGHTFACE_DET_SIZE = (512, 512)
 INSIGHTFACE_DET_THRESH = 0.5
@@ -46,14 +47,14 @@ BUFFALO_FILES = ("det_10g.onnx", "2d106det.onnx")  # SCRFD detector, 106-point l
 MIN_FACE_WIDTH, MIN_FACE_HEIGHT = 50, 80
 MIN_ASPECT, MAX_ASPECT = 0.2, 1.5
 
-# face_alignment 68-point groups (0-based) and weight files (SPEC 3.2 / 11).
+# face_alignment 68-point groups (0-based) and weight files (docs/face-processing.md).
 FAN_POINT_GROUPS = (range(17, 22), range(22, 27), range(27, 36))
-FAN_WEIGHT_FILES = ("s3fd-619a316812.pth", "2DFAN4-cd938726ad.zip")
+FAN_WEIGHTS = ("fan_s3fd", "fan")  # names in latentsync/checkpoints.py
+FAN_WEIGHT_FILES = tuple(Path(checkpoint_file(name).path).name for name in FAN_WEIGHTS)
 
-AUXILIARY_SOURCE = ("huggingface-cli download ByteDance/LatentSync-1.5 auxiliary/<file> "
-                    "--local-dir checkpoints")
-BUFFALO_SOURCE = ("unzip buffalo_l.zip of the insightface model zoo (github.com/deepinsight/"
-                  "insightface/releases) into auxiliary/models/buffalo_l")
+AUXILIARY_SOURCE = (f"huggingface-cli download {checkpoint_file('fan').repo} auxiliary/<file> "
+                    f"--local-dir {CHECKPOINTS_DIR}")
+BUFFALO_SOURCE = checkpoint_file("insightface").source()
 
 
 @dataclass
@@ -109,7 +110,7 @@ def group_means(landmarks: np.ndarray, groups) -> np.ndarray:
 
 
 class MediaPipeDetector(FaceDetector):
-    """MediaPipe FaceMesh (468 points), mapped to the reference points via Appendix B.
+    """MediaPipe FaceMesh (468 points), mapped to the reference points (docs/face-processing.md).
 
     `static_image_mode=True` detects every frame independently (predictable, no drift);
     False lets MediaPipe track landmarks between frames.
@@ -192,8 +193,8 @@ class InsightFaceDetector(FaceDetector):
     name = "insightface"
 
     def __init__(self, checkpoints_dir: str | Path = "checkpoints", device=None):
-        root = Path(checkpoints_dir) / "auxiliary"
-        folder = root / "models" / "buffalo_l"
+        folder = default_path("insightface", checkpoints_dir)  # <checkpoints>/auxiliary/models/buffalo_l
+        root = folder.parent.parent
         _require("insightface", "pip install insightface onnxruntime",
                  [folder / name for name in BUFFALO_FILES], "--face_detector insightface",
                  BUFFALO_SOURCE)
@@ -221,7 +222,7 @@ class InsightFaceDetector(FaceDetector):
                 continue
             landmarks = np.round(np.asarray(det.landmark_2d_106, dtype=np.float64))
             points = np.round(group_means(landmarks, INSIGHTFACE_POINT_GROUPS))
-            # the integer box, so the tracker's largest-area choice (and ties) match SPEC 3.2
+            # the integer box, so the tracker's largest-area choice (and ties) match the reference (docs/face-processing.md)
             faces.append(Face(box=np.array([x1, y1, x2, y2], dtype=np.float64), points=points,
                               score=float(det.det_score), landmarks=landmarks))
         return faces
@@ -251,8 +252,7 @@ class FaceAlignmentDetector(FaceDetector):
     name = "face_alignment"
 
     def __init__(self, checkpoints_dir: str | Path = "checkpoints", device=None):
-        root = Path(checkpoints_dir) / "auxiliary"
-        files = [root / name for name in FAN_WEIGHT_FILES]
+        files = [default_path(name, checkpoints_dir) for name in FAN_WEIGHTS]
         _require("face_alignment", "pip install face-alignment", files,
                  "--face_detector face_alignment")
         face_alignment = _import_backend("face_alignment", "pip install face-alignment")

@@ -1,5 +1,7 @@
 """The inpainting mask: which pixels of the aligned face the model keeps (1) or generates (0)."""
 
+from __future__ import annotations
+
 from pathlib import Path
 
 import cv2
@@ -9,6 +11,25 @@ from latentsync.errors import UserError
 
 MASK_DIR = Path(__file__).resolve().parent
 DEFAULT_MASK_PATH = MASK_DIR / "mask.png"
+PACKAGE_PARENT = MASK_DIR.parents[1]  # the checkout root, or site-packages for an installed wheel
+MASK_KEY = "data.mask_image_path"
+
+
+def resolve_mask(configured: str | Path | None, source: str = "config") -> Path:
+    """The mask image a config asks for (`data.mask_image_path`), as an existing file.
+
+    Empty or unset: the packaged mask.png. Otherwise the path as given (absolute, or relative to
+    the working folder), else relative to the folder holding the `latentsync` package, so the
+    configs' "latentsync/face/mask.png" works from any folder and from an installed wheel. A
+    configured mask that exists nowhere is a UserError naming `source` (the config file): using
+    another mask silently would change every generated frame.
+    """
+    if not configured:
+        return DEFAULT_MASK_PATH
+    for candidate in (Path(configured), PACKAGE_PARENT / configured):
+        if candidate.is_file():
+            return candidate
+    raise UserError(f"{source}: {MASK_KEY}: {configured}: not found")
 
 
 def load_mask(path: str | Path = DEFAULT_MASK_PATH, resolution: int = 256) -> np.ndarray:

@@ -14,13 +14,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from latentsync.constants import MODEL_FPS
 from latentsync.face.detectors import Face, FaceDetector
 
 logger = logging.getLogger(__name__)
 
 MIN_MATCH_IOU = 0.1
 MAX_CENTRE_SHIFT = 0.5  # fraction of the previous box diagonal
-REACQUIRE_AFTER = 25  # frames (1 s at 25 fps)
+REACQUIRE_AFTER = MODEL_FPS  # frames: one second at the model's frame rate
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> float:

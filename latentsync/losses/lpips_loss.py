@@ -11,11 +11,12 @@ from pathlib import Path
 import torch
 from einops import rearrange
 
+from latentsync.checkpoints import checkpoint_file, default_path
 from latentsync.errors import UserError
+from latentsync.io import load_torch_file
 
-VGG_CHECKPOINT = "checkpoints/auxiliary/vgg16-397923af.pth"
-VGG_SOURCE = ("https://download.pytorch.org/models/vgg16-397923af.pth or Hugging Face "
-              "ByteDance/LatentSync-1.5 file auxiliary/vgg16-397923af.pth")
+VGG_CHECKPOINT = str(default_path("vgg16"))
+VGG_SOURCE = checkpoint_file("vgg16").source()
 LPIPS_VERSION = "0.1"
 
 
@@ -32,18 +33,16 @@ def _load_heads(model) -> None:
     import lpips
 
     path = Path(lpips.__file__).parent / "weights" / f"v{LPIPS_VERSION}" / "vgg.pth"
-    heads = torch.load(path, map_location="cpu", weights_only=True)
+    heads = load_torch_file(path, "LPIPS head weights file")
     result = model.load_state_dict(heads, strict=False)
     if result.unexpected_keys:  # `lins.N` alias `linN`, so only the latter are needed
         raise RuntimeError(f"{path}: unexpected LPIPS head layout {result}")
 
 
 def _load_backbone(model, path: Path) -> None:
-    try:
-        vgg = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise UserError(f"{path}: cannot read as a torchvision VGG16 state dict "
-                        f"({type(error).__name__})") from None
+    vgg = load_torch_file(path, "torchvision VGG16 state dict")
+    if not isinstance(vgg, dict):
+        raise UserError(f"{path}: not a torchvision VGG16 state dict (found {type(vgg).__name__})")
     # LPIPS keeps torchvision's `features.N` modules under `net.sliceK.N`.
     target = {}
     for name in model.net.state_dict():

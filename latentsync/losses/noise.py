@@ -1,4 +1,4 @@
-"""Training noise and the one-step clean-latent estimate (SPEC 7.3, steps 2 and 6)."""
+"""Training noise and the one-step clean-latent estimate (docs/training.md, steps 2 and 6)."""
 
 import math
 

@@ -1,7 +1,7 @@
 """TREPA: temporal representation alignment between generated and ground-truth clips.
 
 Both clips go through a frozen VideoMAE-v2 extractor; the loss is the mean squared distance
-between their L2-normalised clip features (SPEC 7.3, step 7).
+between their L2-normalised clip features (docs/training.md, step 6).
 """
 
 import torch

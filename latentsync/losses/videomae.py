@@ -15,12 +15,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from latentsync.checkpoints import checkpoint_file, default_path
 from latentsync.errors import UserError
+from latentsync.io import load_torch_file
 
-VIDEOMAE_CHECKPOINT = "checkpoints/auxiliary/vit_g_hybrid_pt_1200e_ssv2_ft.pth"
-VIDEOMAE_SOURCE = ("Hugging Face ByteDance/LatentSync-1.5, file auxiliary/vit_g_hybrid_pt_1200e_ssv2_ft.pth "
-                   "(e.g. `huggingface-cli download ByteDance/LatentSync-1.5 "
-                   "auxiliary/vit_g_hybrid_pt_1200e_ssv2_ft.pth --local-dir checkpoints`)")
+VIDEOMAE_CHECKPOINT = str(default_path("videomae"))
+VIDEOMAE_SOURCE = checkpoint_file("videomae").source()
 LAYER_NORM_EPS = 1e-6
 POSITION_BASE = 10000.0
 WEIGHT_INIT_STD = 0.02
@@ -167,25 +167,11 @@ def vit_giant_patch14_224(**overrides) -> VisionTransformer3D:
     return VisionTransformer3D(**options)
 
 
-def _torch_load(path: Path):
-    """Memory-map zip-format files (4 GB for ViT-g); legacy-format files cannot be mapped."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError as error:
-        if "mmap" not in str(error) and "zip" not in str(error):
-            raise
-        return torch.load(path, map_location="cpu", weights_only=True)
-
-
 def _read_state_dict(path: Path) -> dict:
     if not path.is_file():
         raise UserError(f"{path}: VideoMAE-v2 checkpoint not found (the TREPA loss needs "
                         f"{VIDEOMAE_CHECKPOINT}; get it from {VIDEOMAE_SOURCE})")
-    try:
-        data = _torch_load(path)
-    except Exception as error:  # corrupt file, not a torch file, or unsafe pickle
-        raise UserError(f"{path}: cannot read as a torch weights file ({type(error).__name__}); "
-                        f"expected {Path(VIDEOMAE_CHECKPOINT).name}") from None
+    data = load_torch_file(path, "VideoMAE-v2 checkpoint", mmap=True)  # 4 GB for ViT-g: mapped
     if isinstance(data, dict):
         for key in ("model", "module"):
             if isinstance(data.get(key), dict):

@@ -1,4 +1,4 @@
-"""Attention building blocks of the LatentSync UNet (SPEC 4.3, 4.5).
+"""Attention building blocks of the LatentSync UNet (see docs/architecture.md).
 
 `Attention` and `FeedForward` are shared by the spatial transformer and the motion module;
 `Transformer3DModel` is the per-frame spatial transformer whose `attn2` attends to the

@@ -1,4 +1,4 @@
-"""Reading checkpoints safely and loading them strictly into the networks (SPEC 4.8, 4.9, 6.1).
+"""Reading checkpoints safely and loading them strictly into the networks.
 
 Accepted files: the official `.pt` dicts (`{"state_dict": ..., "global_step"?: int}`), plain
 state dicts, and safetensors. Pickles are read with `weights_only=True` only. LatentSync 1.0
@@ -8,7 +8,6 @@ a wrong config is reported key by key instead of loading silently.
 
 import logging
 import os
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from latentsync.errors import UserError
+from latentsync.io import load_torch_file
 
 logger = logging.getLogger(__name__)
 
@@ -42,14 +42,7 @@ def read_state_dict(path: str | os.PathLike) -> Checkpoint:
             return Checkpoint(load_file(str(path)))
         except (SafetensorError, OSError, ValueError) as exc:
             raise UserError(f"{path}: not a readable safetensors file ({exc})") from None
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UserError(f"{path}: refused to load: the file holds objects other than tensors "
-                        f"(a pickle that could run code; weights_only=True rejected it: {reason})") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise UserError(f"{path}: not a readable PyTorch checkpoint ({str(exc).splitlines()[0]})") from None
+    obj = load_torch_file(path, "PyTorch checkpoint")
     step = 0
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         step = int(obj.get("global_step", 0) or 0)

@@ -1,4 +1,4 @@
-"""Temporal "motion" modules (AnimateDiff-style, SPEC 4.6): attention across the frames of a segment."""
+"""Temporal "motion" modules (AnimateDiff-style, see docs/architecture.md): attention across the frames of a segment."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""Inflated 2D layers of the UNet (SPEC 4.3): convs run per frame, resnet GroupNorms span all frames."""
+"""Inflated 2D layers of the UNet (docs/architecture.md): convs run per frame, resnet GroupNorms span all frames."""
 
 import torch
 import torch.nn.functional as F

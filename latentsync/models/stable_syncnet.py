@@ -1,4 +1,4 @@
-"""StableSyncNet: the audio-visual sync discriminator of LatentSync (SPEC 6.1).
+"""StableSyncNet: the audio-visual sync discriminator of LatentSync (see docs/architecture.md).
 
 Two `DownEncoder2D` towers, one for a stack of face frames (pixels or VAE latents) and one for
 the matching mel-spectrogram window, each map their input to a non-negative unit vector. The

@@ -1,4 +1,4 @@
-"""The LatentSync UNet: an inflated Stable-Diffusion-1.5 UNet with audio cross-attention (SPEC 4).
+"""The LatentSync UNet: an inflated Stable-Diffusion-1.5 UNet with audio cross-attention (see docs/architecture.md).
 
 Input `[B, 13, F, h, w]` = noisy latents 4 | mask 1 | masked-image latents 4 | reference latents 4;
 audio tokens `[B*F, 50, 384]` (or `[B, F, 50, 384]`); output the predicted noise `[B, 4, F, h, w]`.
@@ -35,7 +35,7 @@ class UNet3DConditionOutput(BaseOutput):
 
 @dataclass
 class DeepCache:
-    """DeepCache state (SPEC 5.5): the deep features are recomputed every `interval` steps.
+    """DeepCache state (docs/architecture.md): the deep features are recomputed every `interval` steps.
 
     On the other steps only `conv_in` and the last layer of the last up block run, on the stored
     output of the layer before it. The pipeline owns one instance per call.

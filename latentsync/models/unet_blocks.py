@@ -1,4 +1,4 @@
-"""Down, mid and up blocks of the LatentSync UNet (SPEC 4.4).
+"""Down, mid and up blocks of the LatentSync UNet (see docs/architecture.md).
 
 Every layer of a block is resnet -> spatial transformer (cross-attention blocks only) ->
 motion module (when enabled); down blocks push a skip after each layer and after the

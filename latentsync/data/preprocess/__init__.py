@@ -1,4 +1,4 @@
-"""The data processing pipeline: raw talking-head videos -> training-ready clips (SPEC 9).
+"""The data processing pipeline: raw talking-head videos -> training-ready clips (see docs/data-pipeline.md).
 
 Stages (folder under OUT, module):
  1. valid                remove_broken   undecodable / no video / no audio / zero length out

@@ -2,7 +2,7 @@
 write `resolution` x `resolution` face videos with the clip's audio.
 
 The smoothing state of the alignment and the followed face are reset for every clip (the
-reference leaks them from one clip into the next, SPEC 12.1.9). A frame without a face drops
+reference leaks them from one clip into the next). A frame without a face drops
 the clip. The face video is encoded to a hidden temporary file in the stage folder, muxed with
 the source audio (cut to the video length) into another temporary file, and renamed.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from latentsync.data.preprocess.common import (FPS, PipelineOptions, StageResult, face_detector,
-                                               public_mode, remove)
+                                               public_mode, remove, temp_path)
 from latentsync.errors import UserError
 from latentsync.face.alignment import AlignRestore
 from latentsync.face.tracking import FaceTracker
@@ -52,7 +52,7 @@ def write_aligned(input_path: Path, silent_path: Path, resolution: int) -> int:
 def align_faces(input_path: Path, output_dir: Path, options: PipelineOptions) -> StageResult:
     """Write the aligned face video `<name>.mp4` (with audio) into `output_dir`."""
     out = output_dir / input_path.name
-    silent = output_dir / f".{input_path.stem}.faces.mp4"
+    silent = temp_path(output_dir / f"{input_path.stem}.faces.mp4")  # the video before muxing
     try:
         frames = write_aligned(input_path, silent, options.resolution)
         mux_audio(silent, input_path, out, duration=frames / FPS)

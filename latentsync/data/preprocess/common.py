@@ -10,18 +10,17 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from latentsync.video import ffmpeg_exe
+from latentsync.checkpoints import default_path
+from latentsync.constants import MODEL_FPS, SAMPLE_RATE
+from latentsync.io import TEMP_MARK, atomic_output, discard, run_ffmpeg, temp_path_for  # noqa: F401
 
-FPS = 25  # every stage from 2 on works on constant 25 fps video
-AUDIO_RATE = 16000  # and 16 kHz mono audio
+FPS = MODEL_FPS  # every stage from 2 on works on constant 25 fps video
+AUDIO_RATE = SAMPLE_RATE  # and 16 kHz mono audio
 CRF = 18  # x264 quality of every re-encoded clip
-STDERR_TAIL_CHARS = 1500
-PARTIAL_MARK = ".partial"  # hidden temp files: .<name>.<random>.partial<ext>
+PARTIAL_MARK = TEMP_MARK  # hidden temp files: .<name>.<random>.partial<ext>
 
 
 @dataclass
@@ -40,6 +39,7 @@ class PipelineOptions:
     checkpoints_dir: str = "checkpoints"
     device: str = "auto"  # torch device of stages 7 and 8
     num_workers: int = 1
+    device_workers: int | None = None  # processes of stages 7 and 8 (they run networks); None: num_workers
     shard_index: int = 0
     num_shards: int = 1
     ray_address: str | None = None  # "local" starts a one-machine Ray instance
@@ -48,11 +48,11 @@ class PipelineOptions:
 
     @property
     def syncnet_path(self) -> Path:
-        return Path(self.checkpoints_dir) / "auxiliary" / "syncnet_v2.model"
+        return default_path("syncnet_v2", self.checkpoints_dir)
 
     @property
     def hyper_iqa_path(self) -> Path:
-        return Path(self.checkpoints_dir) / "auxiliary" / "koniq_pretrained.pkl"
+        return default_path("hyper_iqa", self.checkpoints_dir)
 
 
 @dataclass
@@ -86,17 +86,12 @@ class StageResult:
 
 
 def temp_path(final: Path) -> Path:
-    """A fresh hidden temporary file next to `final` (same folder, so the rename is atomic)."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=final.parent, prefix=f".{final.stem}.",
-                                suffix=PARTIAL_MARK + final.suffix)
-    os.close(fd)
-    public_mode(Path(name))
-    return Path(name)
+    """A fresh hidden temporary file next to `final` (see `latentsync.io.temp_path_for`)."""
+    return temp_path_for(final)
 
 
 def public_mode(path: Path) -> Path:
-    """Give a file made by mkstemp (mode 0600) the usual permissions of new files (umask)."""
+    """Give a file the usual permissions of new files (umask); returns `path`."""
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(path, 0o666 & ~umask)
@@ -104,24 +99,17 @@ def public_mode(path: Path) -> Path:
 
 
 def remove(path: Path) -> None:
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        pass
+    discard(path)
 
 
 def link_or_copy(src: Path, dst: Path) -> Path:
     """Make `dst` hold the bytes of `src`: a hard link if possible, else a copy; atomic."""
-    temp = temp_path(dst)
-    remove(temp)
-    try:
+    with atomic_output(dst) as temp:
+        discard(temp)
         try:
             os.link(src, temp)
         except OSError:  # other file system, or links not supported
             shutil.copyfile(src, temp)
-        os.replace(temp, dst)
-    finally:
-        remove(temp)
     return dst
 
 
@@ -130,20 +118,6 @@ def output_name(input_path: Path, suffix: str = "") -> str:
     (`clip.mov` -> `clip.mov<suffix>.mp4`) so that `clip.mp4` and `clip.mov` cannot collide."""
     base = input_path.stem if input_path.suffix.lower() == ".mp4" else input_path.name
     return f"{base}{suffix}.mp4"
-
-
-def run_ffmpeg(args: list[str], out_path: Path, what: str) -> None:
-    """Run ffmpeg with `args` writing to a temporary file, check it, rename to `out_path`."""
-    temp = temp_path(out_path)
-    command = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y"]
-    try:
-        result = subprocess.run(command + args + [str(temp)], capture_output=True)
-        if result.returncode != 0:
-            tail = result.stderr.decode("utf-8", "replace").strip()[-STDERR_TAIL_CHARS:]
-            raise RuntimeError(f"ffmpeg failed to {what} (exit code {result.returncode}): {tail}")
-        os.replace(temp, out_path)
-    finally:
-        remove(temp)
 
 
 def cut_clip(src: Path, dst: Path, start_frame: int, num_frames: int, fps: int = FPS) -> None:

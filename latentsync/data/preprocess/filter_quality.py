@@ -1,5 +1,5 @@
 """Stage 8: keep clips whose hyperIQA score (mean of the first, middle and last frame, centre
-crop 224, SPEC 10.4) is at least `quality_threshold` (40). Survivors are linked into
+crop 224, docs/evaluation.md) is at least `quality_threshold` (40). Survivors are linked into
 `high_visual_quality`, the folder training reads."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Stage 1: keep only videos that decode and have a video and an audio stream of some length.
 
-Unlike the reference (which deletes broken files from the raw folder, SPEC 12.1.9), raw inputs
+Unlike the reference (which deletes broken files from the raw folder; docs/reference-differences.md item 9), raw inputs
 are never touched: valid inputs are hard-linked (or copied) into the stage folder.
 """
 

@@ -15,7 +15,9 @@ ends with the same files as an uninterrupted one. Dropped inputs are in the ledg
 they are not scored again. Unexpected failures (reason `error`) are reported but retried.
 
 Parallelism: `num_workers` processes (each builds its face detector and networks once), or a
-Ray cluster (`ray_address`; "local" starts Ray on this machine only). `shard_index` /
+Ray cluster (`ray_address`; "local" starts Ray on this machine only). The stages that run
+networks on `device` (7 and 8) use `device_workers` processes instead, when given, so a GPU is not
+shared by more processes than fit in its memory. `shard_index` /
 `num_shards` give each machine a contiguous part of the sorted input list; every shard then
 follows its own inputs through all stages, so shards never wait for each other.
 """
@@ -41,7 +43,8 @@ from tqdm import tqdm
 from latentsync.data.preprocess import (align_faces, check_faces, detect_shots, filter_quality,
                                         remove_broken, resample, segment, sync_av)
 from latentsync.data.preprocess.common import (PARTIAL_MARK, PipelineOptions, StageResult,
-                                               link_or_copy, remove, temp_path)
+                                               link_or_copy, remove)
+from latentsync.io import atomic_write_text
 from latentsync.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -64,6 +67,7 @@ class Stage:
     folder: str
     run: Callable[[Path, Path, PipelineOptions], StageResult]
     params: Callable[[PipelineOptions], dict]  # the options its results depend on
+    on_device: bool = False  # runs a network on options.device (worker count: device_workers)
 
 
 STAGES = (
@@ -77,9 +81,10 @@ STAGES = (
     Stage(6, align_faces.FOLDER, align_faces.align_faces, lambda o: {"resolution": o.resolution}),
     Stage(7, sync_av.FOLDER, sync_av.sync_av,
           lambda o: {"threshold": o.sync_conf_threshold, "max_offset": o.max_sync_offset,
-                     "checkpoint": str(o.syncnet_path)}),
+                     "checkpoint": str(o.syncnet_path)}, on_device=True),
     Stage(8, filter_quality.FOLDER, filter_quality.filter_quality,
-          lambda o: {"threshold": o.quality_threshold, "checkpoint": str(o.hyper_iqa_path)}),
+          lambda o: {"threshold": o.quality_threshold, "checkpoint": str(o.hyper_iqa_path)},
+          on_device=True),
 )
 STAGE_BY_NUMBER = {s.number: s for s in STAGES}
 FINAL_FOLDER = STAGES[-1].folder
@@ -138,6 +143,8 @@ def check_options(options: PipelineOptions) -> None:
         raise UserError(f"--resolution {options.resolution}: use 256 or 512")
     if options.num_workers < 1:
         raise UserError(f"--num_workers {options.num_workers}: need at least 1")
+    if options.device_workers is not None and options.device_workers < 1:
+        raise UserError(f"--device_workers {options.device_workers}: need at least 1")
     if options.face_check_stride < 1:
         raise UserError(f"--face_check_stride {options.face_check_stride}: need at least 1")
     shard([], options.shard_index, options.num_shards)
@@ -270,15 +277,9 @@ class RayExecutor:
     """Ray tasks (one CPU each) on the cluster at `address`, or on this machine ("local")."""
 
     def __init__(self, address: str, num_workers: int):
-        import ray
+        from latentsync.ray_utils import init_ray
 
-        self.ray = ray
-        if not ray.is_initialized():
-            if address == "local":
-                ray.init(num_cpus=num_workers, include_dashboard=False,
-                         runtime_env={"env_vars": {"GLOG_minloglevel": "2"}})
-            else:
-                ray.init(address=address)
+        self.ray = ray = init_ray(address, num_cpus=num_workers)
         self.remote = ray.remote(num_cpus=1)(run_item)
 
     def imap_unordered(self, tasks: list[tuple]) -> Iterator[tuple[int, tuple]]:
@@ -292,12 +293,39 @@ class RayExecutor:
         pass
 
 
-def make_executor(options: PipelineOptions):
+def make_executor(options: PipelineOptions, num_workers: int | None = None):
+    """Ray tasks, `num_workers` (default options.num_workers) processes, or this process."""
+    num_workers = num_workers or options.num_workers
     if options.ray_address:
         return RayExecutor(options.ray_address, options.num_workers)
-    if options.num_workers > 1:
-        return PoolExecutor(options.num_workers)
+    if num_workers > 1:
+        return PoolExecutor(num_workers)
     return SerialExecutor()
+
+
+class Executors:
+    """The executor of each stage: one for all stages, plus one of `device_workers` processes for
+    the stages that run networks on the device when that count differs (made when first needed)."""
+
+    def __init__(self, options: PipelineOptions):
+        self.options = options
+        self.made: dict[int, object] = {}
+
+    def workers_for(self, stage: Stage) -> int:
+        device_workers = self.options.device_workers
+        if stage.on_device and device_workers and not self.options.ray_address:
+            return device_workers
+        return self.options.num_workers
+
+    def for_stage(self, stage: Stage):
+        count = self.workers_for(stage)
+        if count not in self.made:
+            self.made[count] = make_executor(self.options, count)
+        return self.made[count]
+
+    def close(self) -> None:
+        for executor in self.made.values():
+            executor.close()
 
 
 # --------------------------------------------------------------------------------------------
@@ -411,12 +439,7 @@ def write_report(stage: Stage, ledger: Ledger, input_root: Path) -> Path:
 
 
 def _write_text(path: Path, text: str) -> None:
-    temp = temp_path(path)
-    try:
-        temp.write_text(text, encoding="utf-8")
-        os.replace(temp, path)
-    finally:
-        remove(temp)
+    atomic_write_text(path, text)
 
 
 # --------------------------------------------------------------------------------------------
@@ -445,16 +468,16 @@ def run_pipeline(options: PipelineOptions) -> list[StageSummary]:
     output_dir.mkdir(parents=True, exist_ok=True)
     keys = [p.relative_to(input_dir).as_posix() for p in shard(raw, options.shard_index,
                                                                options.num_shards)]
-    executor = make_executor(options)
+    executors = Executors(options)
     summaries = []
     try:
         input_root = input_dir
         for stage in STAGES:
-            keys, summary = run_stage(stage, input_root, keys, options, executor)
+            keys, summary = run_stage(stage, input_root, keys, options, executors.for_stage(stage))
             summaries.append(summary)
             input_root = output_dir / stage.folder
     finally:
-        executor.close()
+        executors.close()
     write_fileslist(output_dir)
     return summaries
 

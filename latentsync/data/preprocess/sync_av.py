@@ -1,4 +1,4 @@
-"""Stage 7: audio-visual sync with the SyncNet v2 evaluation network (SPEC 10.1).
+"""Stage 7: audio-visual sync with the SyncNet v2 evaluation network (see docs/evaluation.md).
 
 A clip is kept when its confidence (LSE-C) is at least `sync_conf_threshold` (3) and the
 detected offset is at most `max_sync_offset` (6) frames either way. The audio is then moved by

@@ -1,0 +1,121 @@
+"""Batch dubbing on Ray: one task per (video, audio, output) row, one GPU per task where the
+cluster has GPUs, each output written under a temporary name and renamed when complete.
+
+Rows whose output exists are skipped (checked before submitting and again inside the task), so
+running the same batch again resumes it. Each Ray worker process loads the models once and keeps
+them for the rows it runs after that. Entry point: `inference.sh --batch_csv rows.csv
+--ray_address auto|local|ADDRESS` (README.md, "Batch dubbing on Ray").
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from latentsync.errors import EXIT_USER_ERROR, UserError
+from latentsync.jobs import job_options, load_pipeline, run_dub
+from latentsync.pipelines.options import option_fields
+from latentsync.ray_utils import cluster_gpus, init_ray
+
+logger = logging.getLogger(__name__)
+
+WROTE, SKIPPED, FAILED = "wrote", "skipped", "failed"
+_LOADED: dict = {}  # per worker process: ModelFiles -> pipeline
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """What a worker needs to load the pipeline (the inference CLI's file and hardware flags)."""
+
+    unet_config: str
+    unet_ckpt: str
+    whisper: str | None
+    vae: str
+    device: str | None = None
+    dtype: str | None = None
+    face_backend: str = "mediapipe"
+    checkpoints_dir: str = "checkpoints"
+
+
+def dub_row(model: ModelFiles, video: str, audio: str, out: str, options: dict) -> tuple[str, str, str]:
+    """Run one row in this process: (out, status, message). UserErrors become FAILED rows."""
+    if Path(out).exists():
+        return out, SKIPPED, "already exists"
+    try:
+        if model not in _LOADED:
+            _LOADED[model] = load_pipeline(**asdict(model))
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        result = run_dub(_LOADED[model], video, audio, out, options)
+    except UserError as exc:
+        return out, FAILED, str(exc)
+    return out, WROTE, "; ".join(result.warnings)
+
+
+def run_batch(rows: list[tuple[str, str, str]], options: dict, model: ModelFiles, ray_address: str = "local",
+              num_cpus: int | None = None) -> list[tuple[str, str, str]]:
+    """Dub every row on Ray; returns (output, status, message) per row, in the rows' order.
+
+    Paths must be readable by every Ray node (absolute paths on a shared filesystem for a cluster).
+    """
+    for video, audio, _ in rows:  # fail fast on what the driver can see
+        for path in (video, audio):
+            if not Path(path).is_file():
+                raise UserError(f"{path}: file not found")
+    job_options(options)  # option values checked before any task starts
+    results: dict[int, tuple[str, str, str]] = {}
+    todo = []
+    for i, (video, audio, out) in enumerate(rows):
+        if Path(out).exists():
+            results[i] = (out, SKIPPED, "already exists")
+        else:
+            todo.append(i)
+    if todo:
+        ray = init_ray(ray_address, num_cpus)
+        task = ray.remote(num_gpus=1 if cluster_gpus(ray) else 0)(dub_row)
+        model = _for_task(model, cluster_gpus(ray))
+        refs = {i: task.remote(model, *map(_absolute, rows[i]), options) for i in todo}
+        for i, ref in refs.items():
+            try:
+                results[i] = ray.get(ref)
+            except ray.exceptions.RayError as exc:  # a crash in one row must not lose the others
+                logger.error("row %d (%s) crashed:\n%s", i + 1, rows[i][2], exc)
+                results[i] = (rows[i][2], FAILED, f"crashed: {str(exc).strip().splitlines()[-1]}")
+    return [results[i] for i in range(len(rows))]
+
+
+def _absolute(path: str) -> str:
+    return os.path.abspath(path)
+
+
+def _for_task(model: ModelFiles, gpus: float) -> ModelFiles:
+    """The model files as a task sees them: absolute local paths (hub ids unchanged), and `cuda`
+    for the device when tasks get a GPU (inside a task Ray shows only that task's GPU)."""
+    device = model.device
+    if gpus and (device or "auto").startswith(("cuda", "auto")):
+        device = "cuda"
+
+    def local(path):
+        return _absolute(path) if path and Path(path).exists() else path
+
+    return replace(model, device=device, unet_config=local(model.unet_config), unet_ckpt=local(model.unet_ckpt),
+                   whisper=local(model.whisper), vae=local(model.vae), checkpoints_dir=local(model.checkpoints_dir))
+
+
+def run_from_args(rows: list[tuple[str, str, str]], args: argparse.Namespace) -> int:
+    """`inference.sh --batch_csv ... --ray_address ...`: the CLI's flags -> run_batch, one line per row."""
+    options = {f.name: getattr(args, f.name) for f in option_fields()
+               if f.metadata["cli"] and hasattr(args, f.name)}
+    model = ModelFiles(str(args.unet_config_path), str(args.inference_ckpt_path),
+                       str(args.whisper_ckpt_path) if args.whisper_ckpt_path else None, str(args.vae_path),
+                       args.device, args.dtype, args.face_backend, str(args.checkpoints_dir))
+    failures = 0
+    for out, status, message in run_batch(rows, options, model, args.ray_address):
+        if status == FAILED:
+            failures += 1
+            print(f"error: {out}: {message}")
+        else:
+            print(f"{'skip' if status == SKIPPED else 'wrote'} {out}" + (f": {message}" if message else ""))
+    return EXIT_USER_ERROR if failures else 0

@@ -1,0 +1,143 @@
+"""LipsyncOptions: the one vocabulary of per-run settings (names, defaults, bounds, help).
+
+The inference CLI generates its flags from these fields, the Gradio app builds its controls from
+them, and the pipeline's errors name the field ("inference_steps must be >= 1"). Nothing here
+imports torch, so the CLI can check a user's options before the slow imports.
+"""
+
+import argparse
+import math
+import types
+import typing
+from dataclasses import InitVar, dataclass, field, fields
+from typing import Any
+
+from latentsync.constants import DEFAULT_SEED, MODEL_FPS
+from latentsync.errors import UserError
+
+SILENCE_MODES = ("mute", "keep", "off")
+TAIL_MODES = ("overlap", "short")
+RANDOM_SEED = -1  # what the CLI and the app take for "draw a random seed" (the option itself is None)
+ORIGINAL_FPS = "original"  # CLI value of output_fps: the input video's frame rate
+
+
+def option(default, help: str, *, choices=None, min=None, max=None, cli: bool = True, ui_max=None,
+           label: str | None = None, metavar=None):
+    """A LipsyncOptions field with its help, allowed values and where it is exposed.
+
+    `cli=False` keeps a field off the command line (library and training use only); `ui_max` is the
+    largest value the app's slider offers (the library accepts more); `label` names the app control.
+    """
+    return field(default=default, metadata=dict(help=help, choices=choices, min=min, max=max, cli=cli,
+                                                 ui_max=ui_max, label=label, metavar=metavar))
+
+
+@dataclass
+class LipsyncOptions:
+    """How one video is dubbed. Checked on construction: a bad value raises a UserError naming it."""
+
+    inference_steps: int = option(20, "DDIM denoising steps", min=1, ui_max=50, label="Inference steps")
+    guidance_scale: float = option(1.5, "classifier-free audio guidance (1.0 turns guidance off)", min=1.0,
+                                   ui_max=3.0, label="Guidance scale")
+    seed: int | None = option(DEFAULT_SEED, f"random seed ({RANDOM_SEED}: a random one)", min=0,
+                              label=f"Seed ({RANDOM_SEED}: random)")
+    enable_deepcache: bool = option(False, "re-use deep UNet features between steps (faster, slightly different)")
+    silence: str = option("mute", "no speech: mute = generate with silent audio (mouth closed); keep = original "
+                                  "frames; off = as the reference (no voice detection)", choices=SILENCE_MODES)
+    segment_tail: str = option("overlap", "overlap: a run's last segment re-uses earlier frames to stay full "
+                                          "length; short: a shorter last segment (the reference)", choices=TAIL_MODES)
+    face_index: int | None = option(None, "speaker: n-th face from the left (0-based); default: the largest",
+                                    min=0)
+    face_box: tuple[float, float, float, float] | None = option(
+        None, "speaker: the face overlapping this box x1 y1 x2 y2 in the first frames",
+        metavar=("X1", "Y1", "X2", "Y2"))
+    output_fps: float | None = option(None, f"frame rate of the output (default: {MODEL_FPS}, the model's rate; "
+                                            f"'{ORIGINAL_FPS}': the input's rate)", min=1.0)
+    output_height: int | None = option(None, "scale the output to this height (default: the input's)", min=16)
+    num_frames: int = option(16, "frames per UNet segment (the motion modules allow up to 24)", min=1, max=24,
+                             cli=False)
+    crf: int = option(18, "x264 quality of the output (0 lossless .. 51 worst)", min=0, max=51, cli=False)
+    temp_dir: str | None = option(None, "folder for temporary files (default: the system's)")
+    show_progress: bool = option(True, "draw progress bars on the terminal", cli=False)
+    # deprecated spelling of inference_steps, accepted until latentsync/training is updated
+    num_inference_steps: InitVar[int | None] = None
+
+    def __post_init__(self, num_inference_steps: int | None) -> None:
+        if num_inference_steps is not None:
+            self.inference_steps = num_inference_steps
+        if self.face_box is not None:
+            self.face_box = tuple(float(v) for v in self.face_box)
+        check_options(self)
+
+
+def option_fields() -> list:
+    """The dataclass fields of LipsyncOptions (each with its metadata)."""
+    return list(fields(LipsyncOptions))
+
+
+def option_field(name: str):
+    """The dataclass field of option `name` (KeyError for a name that is not an option)."""
+    return {f.name: f for f in option_fields()}[name]
+
+
+def field_type(name: str) -> type:
+    """The value type of option `name` without Optional (int, float, str, bool or tuple)."""
+    hint = typing.get_type_hints(LipsyncOptions)[name]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    return typing.get_origin(hint) or hint
+
+
+def check_options(opts: LipsyncOptions) -> None:
+    """UserError naming the first option whose value is outside its choices or bounds."""
+    for f in fields(opts):
+        value, meta = getattr(opts, f.name), f.metadata
+        if value is None:
+            continue
+        if meta["choices"] and value not in meta["choices"]:
+            raise UserError(f"{f.name} {value!r}: expected one of {', '.join(meta['choices'])}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"{f.name} {value!r}: must be a finite number")
+        if meta["min"] is not None and value < meta["min"]:
+            raise UserError(f"{f.name} must be >= {meta['min']} (got {value})")
+        if meta["max"] is not None and value > meta["max"]:
+            raise UserError(f"{f.name} must be <= {meta['max']} (got {value})")
+
+
+# -- the command line ---------------------------------------------------------------------------
+
+def _fps_arg(text: str):
+    if text == ORIGINAL_FPS:
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or '{ORIGINAL_FPS}'") from None
+
+
+def add_option_arguments(parser: argparse.ArgumentParser) -> None:
+    """One `--name` flag per CLI option field, with the field's default, choices and help."""
+    for f in option_fields():
+        meta = f.metadata
+        if not meta["cli"]:
+            continue
+        kind = field_type(f.name)
+        kwargs: dict[str, Any] = dict(default=f.default, help=meta["help"])
+        if kind is bool:
+            kwargs["action"] = "store_true"
+        elif kind is tuple:
+            kwargs.update(type=float, nargs=len(meta["metavar"]), metavar=meta["metavar"])
+        else:
+            kwargs.update(type=_fps_arg if f.name == "output_fps" else kind, choices=meta["choices"])
+        parser.add_argument(f"--{f.name}", **kwargs)
+
+
+def options_from_args(args: argparse.Namespace, **overrides) -> LipsyncOptions:
+    """LipsyncOptions from parsed CLI flags (seed -1 -> random); `overrides` replace values."""
+    values = {f.name: getattr(args, f.name) for f in option_fields() if f.metadata["cli"]}
+    if values.get("seed") == RANDOM_SEED:
+        values["seed"] = None
+    if values.get("output_fps") == ORIGINAL_FPS:
+        values["output_fps"] = None  # resolved per video by the caller (see overrides)
+    values.update(overrides)
+    return LipsyncOptions(**values)

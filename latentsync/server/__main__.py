@@ -1,0 +1,5 @@
+import sys
+
+from latentsync.server.cli import main
+
+sys.exit(main())

@@ -1,0 +1,151 @@
+"""One UNet training step: VAE latents -> mixed noise -> UNet -> noise-prediction loss -> one-step
+x0 estimate decoded to pixels -> LPIPS, SyncNet and TREPA losses, weighted by the `run:` settings.
+
+`training_step` is the whole step; the rest are its pieces. The random draws (VAE posterior
+samples, noise, timesteps) all come from the generator the caller passes, so a step is
+reproducible from (seed, rank, step) alone.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from omegaconf import DictConfig
+
+from latentsync.losses.lpips_loss import lower_half_lpips
+from latentsync.losses.noise import mixed_noise, one_step_x0
+from latentsync.models.stable_syncnet import sync_loss
+
+VAE_SCALING = 0.18215  # the reference's latent scale (overrides the VAE config)
+LOSS_TERMS = ("recon", "sync", "lpips", "trepa")
+WEIGHT_KEYS = {"recon": "recon_loss_weight", "sync": "sync_loss_weight", "lpips": "perceptual_loss_weight",
+               "trepa": "trepa_loss_weight"}
+PIXEL_TERMS = ("sync", "lpips", "trepa")  # the terms scored on decoded frames
+
+
+@dataclass
+class Models:
+    """Everything a training step needs besides the batch."""
+
+    unet: torch.nn.Module
+    vae: torch.nn.Module
+    alphas_cumprod: torch.Tensor
+    num_train_timesteps: int
+    syncnet: torch.nn.Module | None = None
+    syncnet_resolution: int = 256
+    syncnet_lower_half: bool = True
+    lpips: torch.nn.Module | None = None
+    trepa: object | None = None  # TREPALoss
+
+
+@dataclass
+class StepSettings:
+    """The `run:` settings that change what a step computes."""
+
+    weights: dict
+    pixel_space_supervise: bool
+    use_syncnet: bool
+    use_mixed_noise: bool = True
+    mixed_noise_alpha: float = 1.0
+
+    @classmethod
+    def from_config(cls, config: DictConfig) -> "StepSettings":
+        run = config.run
+        weights = {term: float(run.get(key, 0) or 0) for term, key in WEIGHT_KEYS.items()}
+        pixel = bool(run.get("pixel_space_supervise", False))
+        use_sync = bool(run.get("use_syncnet", False)) and pixel and weights["sync"] > 0
+        if not pixel:
+            weights.update({term: 0.0 for term in PIXEL_TERMS})
+        if not use_sync:
+            weights["sync"] = 0.0
+        return cls(weights, pixel, use_sync, bool(run.get("use_mixed_noise", True)),
+                   float(run.get("mixed_noise_alpha", 1.0)))
+
+    @property
+    def active_terms(self) -> list[str]:
+        """The loss terms with a positive weight (the ones recorded and charted)."""
+        return [term for term in LOSS_TERMS if self.weights[term] > 0]
+
+
+def vae_encode(vae, pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Frames `[B, F, 3, H, W]` -> posterior samples x 0.18215 as `[B, 4, F, h, w]` (fp32)."""
+    batch = pixels.shape[0]
+    flat = rearrange(pixels, "b f c h w -> (b f) c h w").to(vae.device, vae.dtype)
+    latents = vae.encode(flat).latent_dist.sample(generator=generator) * VAE_SCALING
+    return rearrange(latents.float(), "(b f) c h w -> b c f h w", b=batch)
+
+
+def vae_decode(vae, latents: torch.Tensor) -> torch.Tensor:
+    """Latents `[B, 4, F, h, w]` -> frames `[(B F), 3, H, W]` (with gradients)."""
+    flat = rearrange(latents, "b c f h w -> (b f) c h w") / VAE_SCALING
+    return vae.decode(flat.to(vae.dtype)).sample
+
+
+def make_noise(shape, settings: StepSettings, generator, device) -> torch.Tensor:
+    """Mixed noise (a shared frame plus independent noise), or one frame of noise repeated over all frames."""
+    if settings.use_mixed_noise:
+        return mixed_noise(tuple(shape), settings.mixed_noise_alpha, generator=generator, device=device)
+    frame = torch.randn((*shape[:2], 1, *shape[3:]), generator=generator, device=device)
+    return frame.expand(shape).contiguous()
+
+
+def syncnet_frames(pred: torch.Tensor, batch: int, resolution: int, lower_half: bool) -> torch.Tensor:
+    """Decoded frames `[(B F), 3, H, W]` -> SyncNet input `[B, F*3, res/2 or res, res]` (frame-major)."""
+    if pred.shape[-1] != resolution:
+        pred = F.interpolate(pred, size=(resolution, resolution), mode="bicubic", align_corners=False)
+    frames = rearrange(pred, "(b f) c h w -> b (f c) h w", b=batch)
+    return frames[:, :, resolution // 2:, :] if lower_half else frames
+
+
+def encode_batch(models: Models, batch: dict, generator, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(gt latents, the UNet's conditioning channels [mask | masked latents | ref latents]) of a batch."""
+    with torch.no_grad():
+        gt_latents = vae_encode(models.vae, batch["gt_pixel_values"].to(device), generator)
+        masked_latents = vae_encode(models.vae, batch["masked_pixel_values"].to(device), generator)
+        ref_latents = vae_encode(models.vae, batch["ref_pixel_values"].to(device), generator)
+    batch_size = gt_latents.shape[0]
+    masks = rearrange(batch["masks"].to(device).float(), "b f c h w -> (b f) c h w")
+    masks = F.interpolate(masks, size=gt_latents.shape[-2:], mode="nearest")
+    masks = rearrange(masks, "(b f) c h w -> b c f h w", b=batch_size)
+    return gt_latents, torch.cat([masks, masked_latents, ref_latents], dim=1)
+
+
+def pixel_losses(models: Models, settings: StepSettings, pred: torch.Tensor, batch: dict, device) -> dict:
+    """LPIPS, TREPA and sync losses of the decoded prediction `[(B F), 3, H, W]` against the batch."""
+    gt = batch["gt_pixel_values"].to(device)
+    batch_size = gt.shape[0]
+    gt_flat = rearrange(gt, "b f c h w -> (b f) c h w").to(pred.dtype)
+    terms = {}
+    if settings.weights["lpips"] > 0:
+        terms["lpips"] = lower_half_lpips(models.lpips, pred, gt_flat)
+    if settings.weights["trepa"] > 0:
+        as_clip = lambda x: rearrange(x, "(b f) c h w -> b c f h w", b=batch_size)  # noqa: E731
+        terms["trepa"] = models.trepa(as_clip(pred), as_clip(gt_flat))
+    if settings.use_syncnet:
+        dtype = next(models.syncnet.parameters()).dtype
+        frames = syncnet_frames(pred, batch_size, models.syncnet_resolution, models.syncnet_lower_half)
+        vision, audio = models.syncnet(frames.to(dtype), batch["mel"].to(device, dtype))
+        terms["sync"] = sync_loss(vision, audio, torch.ones(batch_size, device=device))
+    return terms
+
+
+def training_step(models: Models, batch: dict, settings: StepSettings, generator: torch.Generator,
+                  autocast=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The weighted loss of one batch and its active terms (see StepSettings.active_terms)."""
+    unet = models.unet
+    device = next(p for p in unet.parameters()).device
+    gt_latents, condition = encode_batch(models, batch, generator, device)
+    noise = make_noise(gt_latents.shape, settings, generator, device)
+    timesteps = torch.randint(0, models.num_train_timesteps, (gt_latents.shape[0],), generator=generator, device=device)
+    abar = models.alphas_cumprod.to(device)[timesteps].reshape(-1, 1, 1, 1, 1)
+    noisy = abar.sqrt() * gt_latents + (1 - abar).sqrt() * noise  # diffusers add_noise, in fp32
+    audio = batch["audio_embeds"].to(device)
+    with autocast if autocast is not None else torch.autocast(device.type, enabled=False):
+        eps = unet(torch.cat([noisy, condition], dim=1), timesteps, encoder_hidden_states=audio).sample
+    terms = {"recon": F.mse_loss(eps.float(), noise.float())}
+    if settings.pixel_space_supervise and any(settings.weights[k] > 0 for k in PIXEL_TERMS):
+        x0 = one_step_x0(noisy, eps, models.alphas_cumprod, timesteps)
+        terms.update(pixel_losses(models, settings, vae_decode(models.vae, x0), batch, device))
+    loss = sum(settings.weights[name] * value.float() for name, value in terms.items())
+    return loss, {name: terms[name].detach() for name in settings.active_terms}

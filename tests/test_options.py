@@ -1,0 +1,111 @@
+"""One option vocabulary: LipsyncOptions names every setting the CLI and the app expose."""
+
+import argparse
+import dataclasses
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+from latentsync.errors import UserError
+from latentsync.pipelines.options import (LipsyncOptions, add_option_arguments, option_field, option_fields,
+                                          options_from_args)
+from scripts import inference
+
+FIELDS = {f.name: f for f in option_fields()}
+
+
+def cli_actions() -> dict[str, argparse.Action]:
+    """The flags of scripts/inference.py by name (without --help)."""
+    parser = inference.build_parser()
+    return {a.option_strings[0][2:]: a for a in parser._actions if a.option_strings and a.dest != "help"}
+
+
+def test_every_cli_flag_is_an_option_field_with_its_default():
+    actions = cli_actions()
+    option_flags = set(actions) - set(inference.NON_OPTION_FLAGS)
+    assert set(inference.NON_OPTION_FLAGS) <= set(actions)  # the list names real flags
+    assert option_flags == {name for name, f in FIELDS.items() if f.metadata["cli"]}
+    assert not set(inference.NON_OPTION_FLAGS) & set(FIELDS)  # no flag is both
+    for name in option_flags:
+        action, f = actions[name], FIELDS[name]
+        assert action.dest == name and action.default == f.default, name
+        assert action.help == f.metadata["help"], name
+        if f.metadata["choices"]:
+            assert tuple(action.choices) == tuple(f.metadata["choices"]), name
+
+
+def test_the_step_count_has_one_name():
+    assert "inference_steps" in FIELDS and "num_inference_steps" not in FIELDS
+    assert "--inference_steps" in subprocess.run([sys.executable, "-m", "scripts.inference", "--help"], cwd=REPO,
+                                                 capture_output=True, text=True).stdout
+    config_run = (REPO / "configs/unet/stage2_512.yaml").read_text()
+    assert "inference_steps: 20" in config_run and LipsyncOptions().inference_steps == 20
+
+
+def test_cli_values_become_options():
+    parser = argparse.ArgumentParser()
+    add_option_arguments(parser)
+    args = parser.parse_args(["--inference_steps", "3", "--seed", "-1", "--face_box", "1", "2", "3", "4",
+                              "--silence", "keep", "--enable_deepcache", "--output_fps", "30"])
+    opts = options_from_args(args)
+    assert (opts.inference_steps, opts.seed, opts.face_box, opts.silence) == (3, None, (1.0, 2.0, 3.0, 4.0), "keep")
+    assert opts.enable_deepcache and opts.output_fps == 30.0
+    assert options_from_args(parser.parse_args([])) == LipsyncOptions()
+    assert options_from_args(parser.parse_args(["--output_fps", "original"]), output_fps=29.97).output_fps == 29.97
+
+
+@pytest.mark.parametrize("values, message", [
+    (dict(inference_steps=0), "inference_steps must be >= 1"),
+    (dict(num_frames=25), "num_frames must be <= 24"),
+    (dict(guidance_scale=0.5), "guidance_scale must be >= 1.0"),
+    (dict(silence="loud"), "silence 'loud': expected one of mute, keep, off"),
+    (dict(segment_tail="long"), "segment_tail 'long': expected one of overlap, short"),
+    (dict(face_index=-2), "face_index must be >= 0"),
+    (dict(guidance_scale=float("nan")), "guidance_scale nan: must be a finite number"),
+])
+def test_library_errors_name_the_option(values, message):
+    with pytest.raises(UserError) as err:
+        LipsyncOptions(**values)
+    assert str(err.value).startswith(message) and "--" not in str(err.value)
+
+
+def test_every_gradio_control_is_an_option_field_with_its_default(tmp_path):
+    gr = pytest.importorskip("gradio")
+    import gradio_app
+    from latentsync.app import AppSettings, LipsyncService
+
+    service = LipsyncService(AppSettings(checkpoints_dir=str(tmp_path)))  # no checkpoints: the page still builds
+    demo = gradio_app.build_demo(service, [])
+    controls = [b for b in demo.blocks.values() if isinstance(b, (gr.Slider, gr.Number, gr.Checkbox, gr.Dropdown,
+                                                                   gr.Radio, gr.Textbox))]
+    assert {c.elem_id for c in controls} == {"inference_steps", "guidance_scale", "seed"}
+    for control in controls:
+        f = option_field(control.elem_id)
+        assert control.value == f.default and control.label == f.metadata["label"], control.elem_id
+        if isinstance(control, gr.Slider):
+            assert control.minimum >= (f.metadata["min"] or control.minimum)
+            assert control.maximum <= (f.metadata["max"] or f.metadata["ui_max"])
+    click = next(d for d in demo.config["dependencies"] if d["api_name"] == "generate")
+    ids = {b._id: b.elem_id for b in demo.blocks.values()}
+    assert [ids[i] for i in click["inputs"]][2:] == ["inference_steps", "guidance_scale", "seed"]
+
+
+@pytest.mark.parametrize("steps, guidance, message", [(99, 1.5, "inference_steps 99: choose between 10 and 50"),
+                                                     (20, 3.5, "guidance_scale 3.5: choose between 1 and 3")])
+def test_app_checks_name_the_option(tmp_path, steps, guidance, message):
+    from conftest import MEDIA, need
+    from latentsync.app import AppSettings, LipsyncService
+
+    service = LipsyncService(AppSettings(checkpoints_dir=str(tmp_path)))
+    video, audio = need(MEDIA / "demo1_video.mp4"), need(MEDIA / "demo1_audio.wav")
+    with pytest.raises(UserError, match=message):
+        service.check_inputs(str(video), str(audio), steps, guidance, 1247)
+    assert service.check_inputs(str(video), str(audio), 20, 1.5, -1)[2] == LipsyncOptions(seed=None,
+                                                                                        show_progress=False)
+
+
+def test_options_record_under_their_own_names():
+    record = dataclasses.asdict(LipsyncOptions(inference_steps=3))
+    assert record["inference_steps"] == 3 and set(record) == set(FIELDS)
