@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -55,8 +56,9 @@ def dub_row(model: ModelFiles, video: str, audio: str, out: str, options: dict) 
 
 
 def run_batch(rows: list[tuple[str, str, str]], options: dict, model: ModelFiles, ray_address: str = "local",
-              num_cpus: int | None = None) -> list[tuple[str, str, str]]:
-    """Dub every row on Ray; returns (output, status, message) per row, in the rows' order.
+              num_cpus: int | None = None, on_row=None) -> list[tuple[str, str, str]]:
+    """Dub every row on Ray; returns (output, status, message) per row, in the rows' order, and
+    calls `on_row(output, status, message)` as each row finishes.
 
     Paths must be readable by every Ray node (absolute paths on a shared filesystem for a cluster).
     """
@@ -66,23 +68,28 @@ def run_batch(rows: list[tuple[str, str, str]], options: dict, model: ModelFiles
                 raise UserError(f"{path}: file not found")
     job_options(options)  # option values checked before any task starts
     results: dict[int, tuple[str, str, str]] = {}
-    todo = []
-    for i, (video, audio, out) in enumerate(rows):
-        if Path(out).exists():
-            results[i] = (out, SKIPPED, "already exists")
-        else:
-            todo.append(i)
+
+    def finished(i: int, status: str, message: str) -> None:
+        results[i] = (rows[i][2], status, message)
+        if on_row is not None:
+            on_row(*results[i])
+
+    todo = [i for i, row in enumerate(rows) if not Path(row[2]).exists()]
+    for i in sorted(set(range(len(rows))) - set(todo)):
+        finished(i, SKIPPED, "already exists")
     if todo:
         ray = init_ray(ray_address, num_cpus)
-        task = ray.remote(num_gpus=1 if cluster_gpus(ray) else 0)(dub_row)
-        model = _for_task(model, cluster_gpus(ray))
-        refs = {i: task.remote(model, *map(_absolute, rows[i]), options) for i in todo}
-        for i, ref in refs.items():
+        gpus = cluster_gpus(ray)
+        task = ray.remote(num_gpus=1 if gpus else 0)(dub_row)
+        pending = {task.remote(_for_task(model, gpus), *map(_absolute, rows[i]), options): i for i in todo}
+        while pending:
+            (ref,), _ = ray.wait(list(pending), num_returns=1)
+            i = pending.pop(ref)
             try:
-                results[i] = ray.get(ref)
+                finished(i, *ray.get(ref)[1:])
             except ray.exceptions.RayError as exc:  # a crash in one row must not lose the others
                 logger.error("row %d (%s) crashed:\n%s", i + 1, rows[i][2], exc)
-                results[i] = (rows[i][2], FAILED, f"crashed: {str(exc).strip().splitlines()[-1]}")
+                finished(i, FAILED, f"crashed: {str(exc).strip().splitlines()[-1]}")
     return [results[i] for i in range(len(rows))]
 
 
@@ -112,10 +119,14 @@ def run_from_args(rows: list[tuple[str, str, str]], args: argparse.Namespace) ->
                        str(args.whisper_ckpt_path) if args.whisper_ckpt_path else None, str(args.vae_path),
                        args.device, args.dtype, args.face_backend, str(args.checkpoints_dir))
     failures = 0
-    for out, status, message in run_batch(rows, options, model, args.ray_address):
+
+    def report(out: str, status: str, message: str) -> None:
+        nonlocal failures
         if status == FAILED:
             failures += 1
-            print(f"error: {out}: {message}")
+            print(f"error: {out}: {message}", file=sys.stderr, flush=True)
         else:
-            print(f"{'skip' if status == SKIPPED else 'wrote'} {out}" + (f": {message}" if message else ""))
+            print(f"{'skip' if status == SKIPPED else 'wrote'} {out}" + (f": {message}" if message else ""), flush=True)
+
+    run_batch(rows, options, model, args.ray_address, on_row=report)
     return EXIT_USER_ERROR if failures else 0

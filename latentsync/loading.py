@@ -1,5 +1,6 @@
 """Everything inference reads from disk, in one place: checkpoint paths, the UNet's YAML config,
-the Whisper file that fits the UNet, the VAE, the mask image, and the assembled pipeline parts.
+the Whisper file that fits the UNet, the VAE, the mask image (latentsync.face.mask resolves it),
+and the assembled pipeline parts.
 
 Two layers: `resolve_files` only looks at the file system and the YAML (no torch import, so a user
 who mistyped a path hears about it at once), then `load_components` builds the models from the
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from latentsync.errors import UserError
+from latentsync.face.mask import resolve_mask
 from latentsync.paths import config_path
 
 logger = logging.getLogger(__name__)
@@ -81,18 +83,6 @@ def check_vae(vae_path) -> str:
     return str(vae_path)
 
 
-def resolve_mask(configured) -> Path:
-    """The configured mask image (relative to the working folder or the repo, or absolute), else mask.png."""
-    from latentsync.face.mask import DEFAULT_MASK_PATH
-
-    if configured:
-        for candidate in (Path(configured), REPO / configured):
-            if candidate.is_file():
-                return candidate
-        logger.warning("mask image %s not found; using the packaged mask.png", configured)
-    return DEFAULT_MASK_PATH
-
-
 def resolve_files(unet_config_path=DEFAULT_UNET_CONFIG, inference_ckpt_path=DEFAULT_UNET_CKPT,
                   whisper_ckpt_path=None, vae_path=DEFAULT_VAE,
                   checkpoints_dir=CHECKPOINTS_DIR) -> CheckpointFiles:
@@ -111,8 +101,9 @@ def resolve_files(unet_config_path=DEFAULT_UNET_CONFIG, inference_ckpt_path=DEFA
                                                                              checkpoints_dir)
     if not whisper.is_file():
         raise UserError(f"{whisper}: Whisper checkpoint not found")
+    mask = resolve_mask(config.get("data", {}).get("mask_image_path"), str(unet_config_path))
     return CheckpointFiles(Path(unet_config_path), Path(inference_ckpt_path), whisper, check_vae(vae_path), config,
-                           resolution, resolve_mask(config.get("data", {}).get("mask_image_path")))
+                           resolution, mask)
 
 
 def check_job_paths(video_path, audio_path, output_path) -> None:

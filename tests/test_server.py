@@ -6,6 +6,7 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -187,6 +188,8 @@ def test_burst_beyond_the_queue_gets_429_and_accepted_jobs_finish(media, tmp_pat
             assert client.get(f"/jobs/{job_id}/result").content == media.video.read_bytes()
         assert len(dub.runs) == 5
     assert leftovers(tmp_path / "jobs") == []
+    with sqlite3.connect(tmp_path / "jobs" / "jobs.sqlite3") as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
 def test_text_file_as_video_gets_400_with_the_cli_message(media, tmp_path):
@@ -278,3 +281,15 @@ def test_a_job_cut_short_by_a_shutdown_runs_again_at_the_next_start(media, tmp_p
         assert done["attempts"] == 1  # the run cut short by the shutdown does not count
         assert client.get(f"/jobs/{job_id}/result").content == media.video.read_bytes()
     assert leftovers(tmp_path / "jobs") == []
+
+
+def test_too_long_upload_gets_400_and_docs_list_the_option_fields(media, tmp_path):
+    with make_client(tmp_path, GatedDub(), max_duration_s=0.5) as client:
+        reply = client.post("/jobs", **upload(media))
+        assert reply.status_code == 400
+        assert reply.json()["detail"].startswith("clip.mp4: the video is 1.0 s long; this server accepts up to 0.5 s")
+        assert client.get("/docs").status_code == 200
+        schemas = client.get("/openapi.json").json()["components"]["schemas"]
+        fields = schemas["Body_submit_job_jobs_post"]["properties"]
+        assert {"video", "audio", "inference_steps", "guidance_scale", "seed", "output_fps"} <= set(fields)
+        assert "temp_dir" not in fields  # a server-side path is never chosen by a client

@@ -26,7 +26,8 @@ def latent_scale_shift(vae) -> tuple[float, float]:
 
 
 @torch.no_grad()
-def measure_latent_stats(vae, batches: Iterable[torch.Tensor], generator: torch.Generator | None = None) -> tuple[float, float]:
+def measure_latent_stats(vae, batches: Iterable[torch.Tensor],
+                         generator: torch.Generator | None = None) -> tuple[float, float]:
     """(mean, std) over every element of the posterior samples of `batches` (pixels `[N, 3, H, W]`
     in [-1, 1]), accumulated in float64 so the result does not depend on the batching. The latent
     scale of this VAE on that data is 1 / std, as Stable Diffusion measured its 0.18215."""

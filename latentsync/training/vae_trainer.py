@@ -105,7 +105,8 @@ def build_vae(config: DictConfig, config_path, device="cpu") -> AutoencoderKL:
         with torch.device(device):
             return AutoencoderKL.from_config(OmegaConf.to_container(config.model, resolve=True))
     except (ValueError, TypeError, KeyError, AttributeError) as e:
-        raise UserError(f"{config_path}: cannot build the VAE from the model section ({str(e).splitlines()[0]})") from None
+        raise UserError(f"{config_path}: cannot build the VAE from the model section "
+                        f"({str(e).splitlines()[0]})") from None
 
 
 def check_model(config: DictConfig, config_path) -> None:
