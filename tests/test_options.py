@@ -109,3 +109,22 @@ def test_app_checks_name_the_option(tmp_path, steps, guidance, message):
 def test_options_record_under_their_own_names():
     record = dataclasses.asdict(LipsyncOptions(inference_steps=3))
     assert record["inference_steps"] == 3 and set(record) == set(FIELDS)
+
+
+def test_face_backend_is_one_name_with_a_deprecated_alias_in_the_eval_scripts():
+    from scripts import eval_fvd, eval_sync_conf
+
+    assert "face_backend" in cli_actions()
+    assert eval_sync_conf.parse_args(["--video_path", "v.mp4"]).face_backend == "auto"
+    assert eval_sync_conf.parse_args(["--video_path", "v.mp4", "--face_detector", "s3fd"]).face_backend == "s3fd"
+    fvd = ["--real_videos_dir", "r", "--fake_videos_dir", "f"]
+    assert eval_fvd.parse_args(fvd + ["--face_detector", "insightface"]).face_backend == "insightface"
+    from latentsync.eval.s3fd import choose_face_detector
+
+    with pytest.raises(UserError, match=r"^face_backend 'dlib': expected one of"):
+        choose_face_detector("dlib")
+
+
+def test_the_old_step_name_still_works_but_warns():
+    with pytest.warns(DeprecationWarning, match="use inference_steps"):
+        assert LipsyncOptions(num_inference_steps=3).inference_steps == 3

@@ -9,6 +9,7 @@ import argparse
 import math
 import types
 import typing
+import warnings
 from dataclasses import InitVar, dataclass, field, fields
 from typing import Any
 
@@ -64,6 +65,8 @@ class LipsyncOptions:
 
     def __post_init__(self, num_inference_steps: int | None) -> None:
         if num_inference_steps is not None:
+            warnings.warn("LipsyncOptions(num_inference_steps=...) is deprecated; use inference_steps",
+                          DeprecationWarning, stacklevel=3)
             self.inference_steps = num_inference_steps
         if self.face_box is not None:
             self.face_box = tuple(float(v) for v in self.face_box)
