@@ -40,21 +40,22 @@ def peak_rss_mb() -> float:
 
 
 def segment_timings(config_name: str, steps: int) -> dict:
-    from diffusers import AutoencoderKL, DDIMScheduler
+    from diffusers import AutoencoderKL
     from omegaconf import OmegaConf
 
     from latentsync.face.detectors import make_face_detector
     from latentsync.face.tracking import FaceTracker
     from latentsync.face.alignment import AlignRestore
     from latentsync.models import UNet3DConditionModel
-    from latentsync.pipelines.lipsync_pipeline import SCHEDULER_CONFIG, LipsyncPipeline
+    from latentsync.pipelines.lipsync_pipeline import LipsyncPipeline
+    from latentsync.schedulers import make_scheduler
     from latentsync.video import VideoWriter, iter_frames
 
     config = OmegaConf.load(REPO / f"configs/unet/{config_name}.yaml")
     res = int(config.data.resolution)
     unet = UNet3DConditionModel.from_config(OmegaConf.to_container(config.model)).eval()
     vae = AutoencoderKL(**SD_VAE).eval()
-    pipe = LipsyncPipeline(vae=vae, unet=unet, scheduler=DDIMScheduler(**SCHEDULER_CONFIG), resolution=res)
+    pipe = LipsyncPipeline(vae=vae, unet=unet, scheduler=make_scheduler(), resolution=res)
     frames = next(iter_frames(MEDIA / "demo1_video.mp4", chunk_size=FRAMES))
     t = {}
 
@@ -68,7 +69,8 @@ def segment_timings(config_name: str, steps: int) -> dict:
     mask = torch.from_numpy(pipe.mask)[None, None]
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        (masked, ref), t["vae_encode"] = timed(lambda: (pipe.encode(faces * mask, generator), pipe.encode(faces, generator)))
+        both, t["vae_encode"] = timed(lambda: pipe.encode(torch.cat([faces * mask, faces]), generator, groups=2))
+        masked, ref = both.chunk(2, dim=2)
         latent_mask = torch.nn.functional.interpolate(mask, size=masked.shape[-2:])[:, :, None].expand(
             1, 1, FRAMES, *masked.shape[-2:])
         audio = torch.randn(FRAMES, 50, 384)

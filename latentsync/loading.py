@@ -134,18 +134,17 @@ def load_components(files: CheckpointFiles, device=None, dtype=None, face_backen
                     checkpoints_dir: str | os.PathLike = CHECKPOINTS_DIR) -> dict:
     """The keyword arguments of LipsyncPipeline(...) built from checked files."""
     import torch
-    from diffusers import DDIMScheduler
 
     from latentsync.audio import AudioEncoder
     from latentsync.device import pick_device, pick_dtype
     from latentsync.face.detectors import make_face_detector
     from latentsync.models.checkpoint import load_unet
-    from latentsync.pipelines.lipsync_pipeline import SCHEDULER_CONFIG
+    from latentsync.schedulers import make_scheduler
 
     device = pick_device(device)
     dtype = dtype if isinstance(dtype, torch.dtype) else pick_dtype(dtype, device)
     return dict(unet=load_unet(files.config, files.unet_ckpt, device=device, dtype=dtype),
                 audio_encoder=AudioEncoder(files.whisper, device=device),
-                vae=load_vae(files.vae, device, dtype), scheduler=DDIMScheduler(**SCHEDULER_CONFIG),
+                vae=load_vae(files.vae, device, dtype), scheduler=make_scheduler(),
                 face_detector=make_face_detector(face_backend, checkpoints_dir, device),
                 resolution=files.resolution, mask_path=files.mask)

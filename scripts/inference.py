@@ -16,7 +16,7 @@ from pathlib import Path
 from latentsync import loading
 from latentsync.errors import EXIT_USER_ERROR, UserError, exit_on_termination
 from latentsync.face.detectors import DEFAULT_DETECTOR, DETECTOR_NAMES
-from latentsync.pipelines.options import ORIGINAL_FPS, add_option_arguments, options_from_args
+from latentsync.pipelines.options import ORIGINAL_FPS, add_option_arguments, given_options, options_from_args
 
 # flags that choose files, hardware or the job list rather than how a video is dubbed
 # (every other flag is a field of LipsyncOptions; tests/test_options.py checks this)
@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv=None) -> argparse.Namespace:
     p = build_parser()
     args = p.parse_args(argv)
+    args.given_options = given_options(p, argv)  # so --preset does not override flags typed explicitly
     if not args.batch_csv and not (args.video_path and args.audio_path and args.video_out_path):
         p.error("give --video_path, --audio_path and --video_out_path, or --batch_csv")
     return args

@@ -9,8 +9,8 @@ import pytest
 
 from conftest import REPO
 from latentsync.errors import UserError
-from latentsync.pipelines.options import (LipsyncOptions, add_option_arguments, option_field, option_fields,
-                                          options_from_args)
+from latentsync.pipelines.options import (PRESET_FLAG, PRESETS, LipsyncOptions, add_option_arguments, option_field,
+                                          option_fields, options_from_args, preset_options)
 from scripts import inference
 
 FIELDS = {f.name: f for f in option_fields()}
@@ -24,9 +24,13 @@ def cli_actions() -> dict[str, argparse.Action]:
 
 def test_every_cli_flag_is_an_option_field_with_its_default():
     actions = cli_actions()
-    option_flags = set(actions) - set(inference.NON_OPTION_FLAGS)
+    option_flags = set(actions) - set(inference.NON_OPTION_FLAGS) - {PRESET_FLAG}
     assert set(inference.NON_OPTION_FLAGS) <= set(actions)  # the list names real flags
     assert option_flags == {name for name, f in FIELDS.items() if f.metadata["cli"]}
+    # --preset is not a field: it expands into fields, each of which exists
+    assert PRESET_FLAG not in FIELDS and actions[PRESET_FLAG].default is None
+    assert tuple(actions[PRESET_FLAG].choices) == tuple(PRESETS)
+    assert all(set(values) <= set(FIELDS) for values in PRESETS.values())
     assert not set(inference.NON_OPTION_FLAGS) & set(FIELDS)  # no flag is both
     for name in option_flags:
         action, f = actions[name], FIELDS[name]
@@ -125,6 +129,33 @@ def test_face_backend_is_one_name_with_a_deprecated_alias_in_the_eval_scripts():
         choose_face_detector("dlib")
 
 
-def test_the_old_step_name_still_works_but_warns():
-    with pytest.warns(DeprecationWarning, match="use inference_steps"):
-        assert LipsyncOptions(num_inference_steps=3).inference_steps == 3
+def test_the_old_step_name_is_gone():
+    with pytest.raises(TypeError):
+        LipsyncOptions(num_inference_steps=3)
+
+
+def test_preset_expands_and_explicit_flags_win_even_when_they_equal_the_default():
+    base = ["--video_path", "v.mp4", "--audio_path", "a.wav", "--video_out_path", "o.mp4"]
+    fast = options_from_args(inference.parse_args(base + ["--preset", "fast"]))
+    assert fast == preset_options("fast") and fast.scheduler == PRESETS["fast"]["scheduler"] != "ddim"
+    assert fast.enable_deepcache and fast.inference_steps == PRESETS["fast"]["inference_steps"]
+    mixed = options_from_args(inference.parse_args(base + ["--preset", "fast", "--scheduler", "ddim",
+                                                           "--inference_steps", "20", "--seed", "7"]))
+    assert (mixed.scheduler, mixed.inference_steps, mixed.seed) == ("ddim", 20, 7)  # 20 and ddim are defaults
+    assert mixed.enable_deepcache == PRESETS["fast"]["enable_deepcache"]  # not given: from the preset
+    assert options_from_args(inference.parse_args(base)) == LipsyncOptions()  # no preset: the defaults
+    assert preset_options("quality") == LipsyncOptions()  # quality = the reference settings = the defaults
+    assert preset_options("balanced", inference_steps=12).inference_steps == 12
+    with pytest.raises(UserError, match="^preset 'turbo': expected one of quality, balanced, fast"):
+        preset_options("turbo")
+
+
+@pytest.mark.parametrize("values, message", [
+    (dict(scheduler="euler"), "scheduler 'euler': expected one of ddim, dpmpp, unipc"),
+    (dict(autocast="int4"), "autocast 'int4': expected one of off, auto, bf16, fp16"),
+    (dict(cpu_kernels="fast"), "cpu_kernels 'fast': expected one of none, int8, channels_last"),
+])
+def test_speed_options_are_checked(values, message):
+    with pytest.raises(UserError) as err:
+        LipsyncOptions(**values)
+    assert str(err.value).startswith(message)

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import soundfile
 import torch
-from diffusers import DDIMScheduler
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from conftest import MEDIA, REFERENCE, REPO, need
-from latentsync.pipelines.lipsync_pipeline import SCHEDULER_CONFIG, LipsyncOptions, LipsyncPipeline
+from latentsync.pipelines.lipsync_pipeline import LipsyncOptions, LipsyncPipeline
 from latentsync.pipelines.segments import plan_segments, source_index
+from latentsync.schedulers import make_scheduler
 from latentsync.video import ffmpeg_exe
 from scripts.inference import main as inference_main
 from scripts.make_tiny_checkpoints import make_tiny_checkpoints
@@ -84,8 +84,11 @@ def speech_wav(tmp_path, seconds, name="speech.wav", source="demo2_audio.wav"):
 
 def test_scheduler_matches_the_reference_config():
     shipped = json.loads((REPO / "configs/scheduler_config.json").read_text())
-    assert all(shipped[k] == v for k, v in SCHEDULER_CONFIG.items())
-    scheduler = DDIMScheduler(**SCHEDULER_CONFIG)
+    scheduler = make_scheduler()
+    assert type(scheduler).__name__ == "DDIMScheduler"
+    assert all(scheduler.config[k] == v for k, v in shipped.items() if not k.startswith("_") and k in scheduler.config)
+    assert (scheduler.config.beta_start, scheduler.config.steps_offset, scheduler.config.set_alpha_to_one) == (
+        0.00085, 1, False)
     scheduler.set_timesteps(20)
     assert scheduler.timesteps.tolist() == list(range(951, 0, -50))
 
@@ -99,7 +102,7 @@ def test_ddim_loop_reproduces_reference_fixture():
     unet = UNet3DConditionModel.from_config(OmegaConf.to_container(OmegaConf.load(unet_dir / "config.yaml").model))
     unet.load_state_dict(load_file(str(unet_dir / "weights.safetensors")))
     unet.eval()
-    pipe = LipsyncPipeline(vae=None, unet=unet, scheduler=DDIMScheduler(**SCHEDULER_CONFIG), resolution=128)
+    pipe = LipsyncPipeline(vae=None, unet=unet, scheduler=make_scheduler(), resolution=128)
     with torch.no_grad():
         final = pipe.denoise(io["initial_latents"], io["mask"], io["masked_image_latents"], io["ref_latents"],
                              io["audio_embeds"], meta["num_inference_steps"], meta["guidance_scale"])
@@ -315,7 +318,7 @@ def test_whisper_width_must_match_the_unet(tiny):
     unet_dir = need(REFERENCE / "unet_tiny_stage2")  # cross_attention_dim 96; tiny Whisper gives 64
     unet = UNet3DConditionModel.from_config(OmegaConf.to_container(OmegaConf.load(unet_dir / "config.yaml").model))
     with pytest.raises(UserError, match=r"tiny\.pt: gives 64-d features but the UNet expects cross_attention_dim 96"):
-        LipsyncPipeline(vae=None, unet=unet, scheduler=DDIMScheduler(**SCHEDULER_CONFIG),
+        LipsyncPipeline(vae=None, unet=unet, scheduler=make_scheduler(),
                         audio_encoder=AudioEncoder(tiny / "whisper/tiny.pt", device="cpu"), resolution=128)
 
 

@@ -236,22 +236,22 @@ def test_resume_matches_unbroken_run_and_checkpoint_runs_inference(tiny, media, 
     assert all(torch.equal(final_a[k], final_b[k]) for k in final_a)
 
     # the official checkpoint layout loads strictly and drives the inference pipeline
-    from diffusers import DDIMScheduler
-
     from latentsync.audio import AudioEncoder
     from latentsync.face.detectors import make_face_detector
     from latentsync.models.checkpoint import load_unet
-    from latentsync.pipelines.lipsync_pipeline import SCHEDULER_CONFIG, LipsyncOptions, LipsyncPipeline, load_vae
+    from latentsync.loading import load_vae
+    from latentsync.pipelines.lipsync_pipeline import LipsyncOptions, LipsyncPipeline
+    from latentsync.schedulers import make_scheduler
     from latentsync.video import probe_video
 
     unet = load_unet(broken / "config.yaml", broken / "checkpoints/checkpoint-5.pt", strict=True)
     assert unet.global_step == 5
     pipe = LipsyncPipeline(vae=load_vae(tiny / "vae", "cpu", torch.float32), unet=unet.eval(),
-                           scheduler=DDIMScheduler(**SCHEDULER_CONFIG),
+                           scheduler=make_scheduler(),
                            audio_encoder=AudioEncoder(tiny / "whisper/tiny.pt", device="cpu"),
                            face_detector=make_face_detector("mediapipe"), resolution=RES)
     out = pipe(media["clip"], media["val_audio"], tmp_path / "dubbed.mp4",
-               LipsyncOptions(num_inference_steps=1, num_frames=4, show_progress=False))
+               LipsyncOptions(inference_steps=1, num_frames=4, show_progress=False)).output_path
     info = probe_video(out)
     assert info.num_frames == round(VAL_AUDIO_SECONDS * 25) and info.has_audio and info.width == 256
 

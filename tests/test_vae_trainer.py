@@ -21,7 +21,7 @@ from latentsync.data.common import resized_uint8
 from latentsync.models.vae import SD_SCALING_FACTOR, latent_scale_shift, measure_latent_stats
 from latentsync.training.options import TrainOptions
 from latentsync.training.state import read_torch_dict
-from latentsync.training.vae_trainer import build_vae, evaluate, train
+from latentsync.training.vae_trainer import FaceFrames, build_vae, evaluate, train
 from latentsync.video import iter_frames
 from scripts import make_synthetic_corpus, train_vae
 
@@ -124,6 +124,28 @@ def test_saved_folder_loads_and_carries_the_measured_scale(runs, corpus):
     assert all(torch.equal(weights[k], v) for k, v in vae.state_dict().items())
 
 
+def test_frame_bank_holds_every_nth_frame(runs, corpus):
+    banks = list((runs["full"] / "frames").glob("*.npy"))
+    assert len(banks) == 1 and not list((runs["full"] / "frames").glob(".*"))  # no temporary leftovers
+    assert np.array_equal(np.load(banks[0]), clip_frames(corpus))
+
+
+def test_samples_are_keyed_by_index_and_cropped():
+    bank = np.random.default_rng(0).integers(0, 256, (4, 24, 24, 3), dtype=np.uint8)
+    dataset = FaceFrames(bank, seed=3, flip=True, crop=16)
+    windows = [np.lib.stride_tricks.sliding_window_view(frame, (16, 16), axis=(0, 1))
+               for image in bank for frame in (image, image[:, ::-1])]
+    flipped = 0
+    for index in range(12):
+        sample = dataset[index]
+        assert sample.shape == (3, 16, 16) and torch.equal(sample, dataset[index])
+        crop = ((sample + 1) * 127.5).round().to(torch.uint8).numpy()  # [3, 16, 16]
+        found = [k for k, view in enumerate(windows) if (view == crop[None, None]).all(axis=(2, 3, 4)).any()]
+        assert found, f"sample {index} is not a crop of a bank frame"
+        flipped += found[0] % 2
+    assert 0 < flipped < 12
+
+
 def test_shift_option_stores_the_latent_mean(corpus, tmp_path):
     config = write_config(tmp_path / "vae.yaml", corpus, **{"latents.shift": True, "run.max_train_steps": 2,
                                                              "ckpt.save_ckpt_steps": 2})
@@ -147,6 +169,7 @@ def test_scale_shift_of_configs():
     ("model.block_out_channels=[8,16,16]", "latents [4, 16, 16]"),
     ("data.resolution=60", "data.resolution 60 must be a positive multiple of 8"),
     ("loss.l1_weight=0", "loss weights must be >= 0"),
+    ("data.crop_size=20", "data.crop_size 20 must be 0 (whole faces) or a multiple of 8"),
     ("model.norm_num_groups=5", "cannot build the VAE"),
     ("data.train_data_dir=/nonexistent/clips", "data.train_data_dir: /nonexistent/clips: data folder not found"),
 ])

@@ -4,15 +4,18 @@ The call reads top to bottom as the algorithm:
   1. speech -> Whisper features (silence muted) -> one audio chunk per output frame;
   2. face pass over the video (streamed): track the speaker, align each face to the model square;
   3. plan 16-frame segments over runs of output frames that have a face (segments.py);
-  4. per segment: VAE-encode masked and reference faces, DDIM with classifier-free guidance,
-     decode, keep generated pixels only inside the mask;
+  4. per segment: VAE-encode masked and reference faces (one batch), denoise with the chosen
+     sampler (DDIM by default, latentsync/schedulers.py) and classifier-free guidance, decode,
+     keep generated pixels only inside the mask;
   5. paste the faces back into their frames and stream them to the encoder; mux the speech.
 Frames, aligned faces and generated faces never pile up in memory: aligned faces (and, when the
 video has to loop, the source frames) go to fixed-size records in a temporary folder (frame_store.py).
 Options are `LipsyncOptions` (options.py); the call reports `Progress` events and returns a
-`LipsyncResult` (results.py). Files are read by latentsync/loading.py.
+`LipsyncResult` (results.py). Files are read by latentsync/loading.py. A run's speed options
+(autocast precision, CPU kernels, compile) are applied for that run by acceleration.py.
 """
 
+import contextlib
 import math
 import os
 import tempfile
@@ -23,7 +26,7 @@ from typing import Callable
 import cv2
 import numpy as np
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline
+from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, SchedulerMixin
 from tqdm.auto import tqdm
 
 from latentsync import loading
@@ -33,24 +36,23 @@ from latentsync.errors import UserError
 from latentsync.face.alignment import AlignRestore
 from latentsync.face.mask import DEFAULT_MASK_PATH, load_mask
 from latentsync.face.tracking import FaceTracker
-from latentsync.loading import load_vae  # noqa: F401  (kept importable from here for latentsync/training)
 from latentsync.models.unet import DeepCache
+from latentsync.pipelines.acceleration import Accelerator, Runtime
 from latentsync.pipelines.frame_store import FrameStore
 from latentsync.pipelines.options import LipsyncOptions, check_options
 from latentsync.pipelines.results import FACES, SEGMENTS, WRITING, LipsyncResult, Progress, ProgressCallback
 from latentsync.pipelines.segments import Segment, plan_segments, source_index
+from latentsync.schedulers import make_sampler
 from latentsync.vad import mute_silence, speech_frames
 from latentsync.video import VideoWriter, count_frames, iter_frames, mux_audio, probe_video
 
-__all__ = ["LipsyncPipeline", "LipsyncOptions", "LipsyncResult", "Progress", "SCHEDULER_CONFIG", "plan_segments",
-           "source_index"]
+__all__ = ["LipsyncPipeline", "LipsyncOptions", "LipsyncResult", "Progress", "plan_segments", "source_index"]
 
 VAE_SCALING = 0.18215  # the reference overrides the VAE config with these
 VAE_SHIFT = 0.0
-VAE_BATCH = 4  # frames per VAE call: the VAE works frame by frame, so this only bounds peak memory
+VAE_BATCH = 4  # frames per VAE decode call: the VAE works frame by frame, so this only bounds peak memory
+ENCODE_BATCH = 2 * VAE_BATCH  # masked and reference faces go through the encoder together
 FRAME_CHUNK = 16  # frames decoded per read of the input video
-SCHEDULER_CONFIG = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                        clip_sample=False, set_alpha_to_one=False, steps_offset=1)  # configs/scheduler_config.json
 
 
 @dataclass
@@ -72,7 +74,7 @@ class FaceTrack:
 
 
 class LipsyncPipeline(DiffusionPipeline):
-    def __init__(self, vae: AutoencoderKL, unet, scheduler: DDIMScheduler, audio_encoder=None, face_detector=None,
+    def __init__(self, vae: AutoencoderKL, unet, scheduler: SchedulerMixin, audio_encoder=None, face_detector=None,
                  resolution: int = 256, mask_path: str | os.PathLike = DEFAULT_MASK_PATH):
         super().__init__()
         self.register_modules(vae=vae, unet=unet, scheduler=scheduler)
@@ -84,6 +86,7 @@ class LipsyncPipeline(DiffusionPipeline):
         self.audio_encoder, self.face_detector = audio_encoder, face_detector
         self.resolution = resolution
         self.mask = load_mask(mask_path, resolution)
+        self.accelerator = Accelerator(unet)
 
     @classmethod
     def from_checkpoints(cls, unet_config_path, inference_ckpt_path, whisper_ckpt_path=None,
@@ -127,8 +130,9 @@ class LipsyncPipeline(DiffusionPipeline):
                 if opts.silence == "keep":
                     generate &= speech
                 segments = plan_segments(generate, opts.num_frames, opts.segment_tail)
-                self.write_video(track, sources, segments, features, rows, self.prepare_noise(generator), generator,
-                                 video_path, Path(tmp) / "video.mp4", opts, progress)
+                with self.accelerator.apply(opts) as runtime:
+                    self.write_video(track, sources, segments, features, rows, self.prepare_noise(generator),
+                                     generator, video_path, Path(tmp) / "video.mp4", opts, runtime, progress)
             finally:
                 track.close()
             mux_audio(Path(tmp) / "video.mp4", audio_path, output_path, duration=len(wav) / SAMPLE_RATE)
@@ -176,7 +180,7 @@ class LipsyncPipeline(DiffusionPipeline):
                          count, height, width)
 
     def write_video(self, track: FaceTrack, sources: list[int], segments: list[Segment], features, rows,
-                    noise, generator, video_path, out_path: Path, opts: LipsyncOptions,
+                    noise, generator, video_path, out_path: Path, opts: LipsyncOptions, runtime: Runtime,
                     progress: ProgressCallback | None = None) -> None:
         """Generate every segment, paste faces back and stream all output frames to the encoder."""
         num_out = len(sources)
@@ -196,7 +200,7 @@ class LipsyncPipeline(DiffusionPipeline):
             for j in range(num_out):
                 while next_segment is not None and j == next_segment.frames[next_segment.write_from]:
                     faces = self.generate_segment(track, sources, next_segment.frames, features, rows, noise,
-                                                  generator, opts)
+                                                  generator, opts, runtime)
                     for k in range(next_segment.write_from, len(next_segment.frames)):
                         pending[next_segment.frames[k]] = faces[k]
                     done_segments += 1
@@ -220,7 +224,7 @@ class LipsyncPipeline(DiffusionPipeline):
         wbar.close()
 
     def generate_segment(self, track: FaceTrack, sources: list[int], frames: list[int], features, rows, noise,
-                         generator, opts: LipsyncOptions) -> np.ndarray:
+                         generator, opts: LipsyncOptions, runtime: Runtime | None = None) -> np.ndarray:
         """Generated faces [f, res, res, 3] in [-1, 1] for output frames `frames`."""
         device, dtype = self.unet.device, self.unet.dtype
         faces = np.stack([track.faces.read(sources[j]) for j in frames])
@@ -229,15 +233,15 @@ class LipsyncPipeline(DiffusionPipeline):
         masked = pixels * mask
         audio = torch.stack([features[rows[j]].reshape(-1, features.shape[-1]) for j in frames])  # [f, 50, D]
 
-        masked_latents = self.encode(masked, generator)
-        ref_latents = self.encode(pixels, generator)
+        masked_latents, ref_latents = self.encode(torch.cat([masked, pixels]), generator, runtime,
+                                                groups=2).chunk(2, dim=2)
         latent_mask = torch.nn.functional.interpolate(mask, size=masked_latents.shape[-2:], mode="nearest")
         latent_mask = latent_mask[:, :, None].expand(1, 1, len(frames), *masked_latents.shape[-2:])
         latents = noise.expand(-1, -1, len(frames), -1, -1)
         latents = self.denoise(latents.to(device, dtype), latent_mask.to(device, dtype), masked_latents, ref_latents,
                                audio.to(device, dtype), opts.inference_steps, opts.guidance_scale,
-                               opts.enable_deepcache)
-        decoded = self.decode(latents)  # [f, 3, res, res] in [-1, 1]
+                               opts.enable_deepcache, self.sampler(opts.scheduler), runtime)
+        decoded = self.decode(latents, runtime)  # [f, 3, res, res] in [-1, 1]
         out = decoded * (1 - mask) + pixels * mask  # keep original pixels outside the mouth region
         return out.permute(0, 2, 3, 1).clamp(-1, 1).numpy()
 
@@ -249,39 +253,62 @@ class LipsyncPipeline(DiffusionPipeline):
         noise = torch.randn((1, self.unet.config.out_channels, 1, size, size), generator=generator)
         return noise * self.scheduler.init_noise_sigma
 
-    def encode(self, pixels: torch.Tensor, generator) -> torch.Tensor:
-        """VAE posterior *sample* (as the reference) x 0.18215 -> [1, 4, f, h, w]."""
+    def encode(self, pixels: torch.Tensor, generator, runtime: Runtime | None = None, groups: int = 1) -> torch.Tensor:
+        """VAE posterior *sample* (as the reference) x 0.18215 -> [1, 4, f, h, w].
+
+        `pixels` may hold `groups` equal-length image sets (masked and reference faces go through the
+        encoder together); the posterior noise is drawn per set, as separate calls would draw it.
+        """
         vae = self.vae
-        moments = [vae.encode(chunk.to(vae.device, vae.dtype)).latent_dist for chunk in pixels.split(VAE_BATCH)]
-        mean = torch.cat([m.mean for m in moments])
-        std = torch.cat([m.std for m in moments])
-        eps = torch.randn(mean.shape, generator=generator).to(vae.device, mean.dtype)
+        with _cast(runtime):
+            moments = [vae.encode(chunk.to(vae.device, vae.dtype)).latent_dist
+                       for chunk in pixels.split(ENCODE_BATCH)]
+        mean = torch.cat([m.mean for m in moments]).float()
+        std = torch.cat([m.std for m in moments]).float()
+        eps = torch.cat([torch.randn(part.shape, generator=generator) for part in mean.chunk(groups)]).to(vae.device)
         latents = (mean + std * eps - VAE_SHIFT) * VAE_SCALING
         return latents.permute(1, 0, 2, 3)[None].to(self.unet.dtype)
 
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+    def decode(self, latents: torch.Tensor, runtime: Runtime | None = None) -> torch.Tensor:
         latents = latents[0].permute(1, 0, 2, 3) / VAE_SCALING + VAE_SHIFT
-        return torch.cat([self.vae.decode(chunk.to(self.vae.dtype)).sample.float().cpu()
-                          for chunk in latents.split(VAE_BATCH)])
+        with _cast(runtime):
+            return torch.cat([self.vae.decode(chunk.to(self.vae.dtype)).sample.float().cpu()
+                              for chunk in latents.split(VAE_BATCH)])
 
-    def denoise(self, latents, mask, masked_latents, ref_latents, audio, num_inference_steps: int,
-                guidance_scale: float, enable_deepcache: bool = False) -> torch.Tensor:
-        """The DDIM loop with classifier-free guidance (null audio = zeros), eta = 0."""
-        self.scheduler.set_timesteps(num_inference_steps, device=latents.device)
+    def sampler(self, kind: str) -> SchedulerMixin:
+        """The scheduler of one segment: the pipeline's own DDIM (stateless between segments), or a
+        fresh multistep sampler on the same noise schedule (they keep state across steps)."""
+        if kind == "ddim" and isinstance(self.scheduler, DDIMScheduler):
+            return self.scheduler
+        return make_sampler(kind, self.scheduler.config)
+
+    def denoise(self, latents, mask, masked_latents, ref_latents, audio, inference_steps: int,
+                guidance_scale: float, enable_deepcache: bool = False, scheduler: SchedulerMixin | None = None,
+                runtime: Runtime | None = None) -> torch.Tensor:
+        """The sampling loop with classifier-free guidance (null audio = zeros); DDIM with eta = 0.
+
+        `scheduler` defaults to the pipeline's (DDIM); it gets `set_timesteps` here, which also resets
+        a multistep sampler's history.
+        """
+        scheduler = scheduler or self.scheduler
+        unet = runtime.unet if runtime else self.unet
+        scheduler.set_timesteps(inference_steps, device=latents.device)
         guided = guidance_scale > 1.0
         if guided:
             audio = torch.cat([torch.zeros_like(audio), audio])
             mask, masked_latents, ref_latents = (torch.cat([x] * 2) for x in (mask, masked_latents, ref_latents))
         cache = DeepCache() if enable_deepcache else None
-        for i, t in enumerate(self.scheduler.timesteps):
+        for i, t in enumerate(scheduler.timesteps):
             x = torch.cat([latents] * 2) if guided else latents
-            x = self.scheduler.scale_model_input(x, t)
+            x = scheduler.scale_model_input(x, t)
             x = torch.cat([x, mask, masked_latents, ref_latents], dim=1)
-            eps = self.unet(x, t, encoder_hidden_states=audio, deep_cache=cache, step_index=i).sample
+            with _cast(runtime):
+                eps = unet(x, t, encoder_hidden_states=audio, deep_cache=cache, step_index=i).sample
+            eps = eps.to(latents.dtype)
             if guided:
                 eps_uncond, eps_audio = eps.chunk(2)
                 eps = eps_uncond + guidance_scale * (eps_audio - eps_uncond)
-            latents = self.scheduler.step(eps, t, latents, eta=0.0).prev_sample
+            latents = scheduler.step(eps, t, latents).prev_sample
         return latents
 
     # -- helpers -------------------------------------------------------------------------------
@@ -300,3 +327,8 @@ class LipsyncPipeline(DiffusionPipeline):
             return state["frame"]
 
         return frame_at
+
+
+def _cast(runtime: Runtime | None):
+    """The run's autocast context (none without a runtime or reduced precision)."""
+    return runtime.cast() if runtime is not None else contextlib.nullcontext()

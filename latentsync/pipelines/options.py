@@ -9,17 +9,29 @@ import argparse
 import math
 import types
 import typing
-import warnings
-from dataclasses import InitVar, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from latentsync.constants import DEFAULT_SEED, MODEL_FPS
 from latentsync.errors import UserError
+from latentsync.schedulers import SAMPLERS  # no torch import there either
 
 SILENCE_MODES = ("mute", "keep", "off")
 TAIL_MODES = ("overlap", "short")
 RANDOM_SEED = -1  # what the CLI and the app take for "draw a random seed" (the option itself is None)
 ORIGINAL_FPS = "original"  # CLI value of output_fps: the input video's frame rate
+AUTOCAST_MODES = ("off", "auto", "bf16", "fp16")
+CPU_KERNELS = ("none", "int8", "channels_last", "int8+channels_last")
+# Presets expand into option values; a value given explicitly wins over the preset's.
+# quality = the reference settings; the speed/quality trade-off of the others is measured by
+# benchmarks/speed.py (docs/benchmarks/speed.md).
+PRESETS = {
+    "quality": dict(scheduler="ddim", inference_steps=20, enable_deepcache=False, autocast="off", cpu_kernels="none"),
+    "balanced": dict(scheduler="dpmpp", inference_steps=10, enable_deepcache=False, autocast="auto",
+                     cpu_kernels="none"),
+    "fast": dict(scheduler="dpmpp", inference_steps=6, enable_deepcache=True, autocast="auto", cpu_kernels="none"),
+}
+PRESET_FLAG = "preset"  # a command-line expansion into the fields above, not a field itself
 
 
 def option(default, help: str, *, choices=None, min=None, max=None, cli: bool = True, ui_max=None,
@@ -37,12 +49,21 @@ def option(default, help: str, *, choices=None, min=None, max=None, cli: bool = 
 class LipsyncOptions:
     """How one video is dubbed. Checked on construction: a bad value raises a UserError naming it."""
 
-    inference_steps: int = option(20, "DDIM denoising steps", min=1, ui_max=50, label="Inference steps")
+    inference_steps: int = option(20, "denoising steps", min=1, ui_max=50, label="Inference steps")
+    scheduler: str = option("ddim", "sampler: ddim (the reference), dpmpp (DPM-Solver++) or unipc (UniPC); the "
+                                    "multistep ones need fewer steps", choices=SAMPLERS)
     guidance_scale: float = option(1.5, "classifier-free audio guidance (1.0 turns guidance off)", min=1.0,
                                    ui_max=3.0, label="Guidance scale")
     seed: int | None = option(DEFAULT_SEED, f"random seed ({RANDOM_SEED}: a random one)", min=0,
                               label=f"Seed ({RANDOM_SEED}: random)")
     enable_deepcache: bool = option(False, "re-use deep UNet features between steps (faster, slightly different)")
+    autocast: str = option("off", "run the UNet and VAE in reduced precision (weights stay as loaded): auto = bf16 "
+                                  "where the hardware computes it natively (CPU: AVX512-BF16/AMX), else off; "
+                                  "bf16/fp16 fall back to off with a warning where not native",
+                           choices=AUTOCAST_MODES)
+    cpu_kernels: str = option("none", "CPU only: int8 = dynamic int8 quantisation of the UNet's Linear layers; "
+                                      "channels_last = NHWC convolutions", choices=CPU_KERNELS)
+    compile: bool = option(False, "torch.compile the UNet (slow first segment; needs a C++ compiler on the CPU)")
     silence: str = option("mute", "no speech: mute = generate with silent audio (mouth closed); keep = original "
                                   "frames; off = as the reference (no voice detection)", choices=SILENCE_MODES)
     segment_tail: str = option("overlap", "overlap: a run's last segment re-uses earlier frames to stay full "
@@ -60,14 +81,8 @@ class LipsyncOptions:
     crf: int = option(18, "x264 quality of the output (0 lossless .. 51 worst)", min=0, max=51, cli=False)
     temp_dir: str | None = option(None, "folder for temporary files (default: the system's)")
     show_progress: bool = option(True, "draw progress bars on the terminal", cli=False)
-    # deprecated spelling of inference_steps, accepted until latentsync/training is updated
-    num_inference_steps: InitVar[int | None] = None
 
-    def __post_init__(self, num_inference_steps: int | None) -> None:
-        if num_inference_steps is not None:
-            warnings.warn("LipsyncOptions(num_inference_steps=...) is deprecated; use inference_steps",
-                          DeprecationWarning, stacklevel=3)
-            self.inference_steps = num_inference_steps
+    def __post_init__(self) -> None:
         if self.face_box is not None:
             self.face_box = tuple(float(v) for v in self.face_box)
         check_options(self)
@@ -107,6 +122,14 @@ def check_options(opts: LipsyncOptions) -> None:
             raise UserError(f"{f.name} must be <= {meta['max']} (got {value})")
 
 
+def preset_options(preset: str | None, **explicit) -> LipsyncOptions:
+    """LipsyncOptions of `preset` (quality, balanced, fast; None: the defaults) with `explicit`
+    values on top: a value given explicitly always wins over the preset's."""
+    if preset is not None and preset not in PRESETS:
+        raise UserError(f"preset {preset!r}: expected one of {', '.join(PRESETS)}")
+    return LipsyncOptions(**{**PRESETS.get(preset, {}), **explicit})
+
+
 # -- the command line ---------------------------------------------------------------------------
 
 def _fps_arg(text: str):
@@ -119,7 +142,11 @@ def _fps_arg(text: str):
 
 
 def add_option_arguments(parser: argparse.ArgumentParser) -> None:
-    """One `--name` flag per CLI option field, with the field's default, choices and help."""
+    """One `--name` flag per CLI option field, with the field's default, choices and help, and
+    `--preset`, which expands into several of them (see PRESETS)."""
+    parser.add_argument(f"--{PRESET_FLAG}", default=None, choices=tuple(PRESETS),
+                        help="; ".join(f"{name}: " + ", ".join(f"{k} {v}" for k, v in values.items())
+                                       for name, values in PRESETS.items()) + " (flags given explicitly win)")
     for f in option_fields():
         meta = f.metadata
         if not meta["cli"]:
@@ -135,9 +162,35 @@ def add_option_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(f"--{f.name}", **kwargs)
 
 
+def given_options(parser: argparse.ArgumentParser, argv=None) -> set[str]:
+    """The option fields given on the command line `argv` (argparse fills a default only into an
+    attribute the namespace does not have yet, so pre-set markers reveal what was typed)."""
+    unset = object()
+    names = [f.name for f in option_fields() if f.metadata["cli"]]
+    namespace = argparse.Namespace(**{name: unset for name in names})
+    parser.parse_known_args(argv, namespace=namespace)
+    return {name for name in names if getattr(namespace, name) is not unset}
+
+
+def option_values_from_args(args: argparse.Namespace) -> dict:
+    """The option values of parsed CLI flags, `--preset` expanded under the flags given explicitly.
+
+    Which flags were given comes from `args.given_options` (scripts/inference.py sets it with
+    `given_options`); without it, a value different from the field's default counts as given.
+    """
+    values = {f.name: getattr(args, f.name) for f in option_fields() if f.metadata["cli"] and hasattr(args, f.name)}
+    preset = getattr(args, PRESET_FLAG, None)
+    if preset is not None:
+        given = getattr(args, "given_options", None)
+        if given is None:
+            given = {name for name, value in values.items() if value != option_field(name).default}
+        values.update({k: v for k, v in PRESETS[preset].items() if k not in given})
+    return values
+
+
 def options_from_args(args: argparse.Namespace, **overrides) -> LipsyncOptions:
-    """LipsyncOptions from parsed CLI flags (seed -1 -> random); `overrides` replace values."""
-    values = {f.name: getattr(args, f.name) for f in option_fields() if f.metadata["cli"]}
+    """LipsyncOptions from parsed CLI flags (seed -1 -> random, --preset expanded); `overrides` replace values."""
+    values = option_values_from_args(args)
     if values.get("seed") == RANDOM_SEED:
         values["seed"] = None
     if values.get("output_fps") == ORIGINAL_FPS:

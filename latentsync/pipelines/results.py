@@ -37,7 +37,3 @@ class LipsyncResult:
     frames_without_face: int  # output frames passed through unchanged because no face was found
     segments: int  # UNet segments generated
     warnings: list[str] = field(default_factory=list)  # one readable line each
-
-    def __fspath__(self) -> str:
-        """A result stands for its output file wherever a path is expected (os.PathLike)."""
-        return str(self.output_path)

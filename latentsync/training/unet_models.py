@@ -5,7 +5,6 @@ import logging
 from pathlib import Path
 
 import torch
-from diffusers import DDIMScheduler
 from omegaconf import DictConfig, OmegaConf
 
 from latentsync.errors import UserError
@@ -14,7 +13,7 @@ from latentsync.losses.trepa import TREPALoss
 from latentsync.losses.videomae import VisionTransformer3D, load_videomae
 from latentsync.models.checkpoint import (COMPUTED_BUFFER_SUFFIX, load_into, load_syncnet, read_state_dict,
                                           rename_v1_keys)
-from latentsync.training.pipeline_parts import SCHEDULER_CONFIG, load_vae
+from latentsync.training.pipeline_parts import load_vae, make_scheduler
 from latentsync.training.unet_config import syncnet_settings
 from latentsync.training.unet_step import Models, StepSettings
 
@@ -83,7 +82,7 @@ def build_models(config: DictConfig, unet: torch.nn.Module, device: torch.device
     run, ckpt = config.run, config.ckpt
     checkpointing = bool(run.get("gradient_checkpointing", False))
     allow_random = bool(run.get("allow_random_aux_weights", False))
-    scheduler = DDIMScheduler(**SCHEDULER_CONFIG)
+    scheduler = make_scheduler()
     vae = load_vae(str(ckpt.vae_path), device, weight_dtype).requires_grad_(False)
     if checkpointing and settings.pixel_space_supervise:
         vae.enable_gradient_checkpointing()

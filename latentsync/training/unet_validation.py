@@ -6,12 +6,11 @@ import logging
 from pathlib import Path
 
 import torch
-from diffusers import DDIMScheduler
 from omegaconf import DictConfig
 
 from latentsync.face.detectors import make_face_detector
 from latentsync.face.mask import resolve_mask
-from latentsync.training.pipeline_parts import SCHEDULER_CONFIG, LipsyncOptions, LipsyncPipeline
+from latentsync.training.pipeline_parts import LipsyncOptions, LipsyncPipeline, make_scheduler
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +35,7 @@ class Validator:
         was_training = unet.training
         unet.eval()
         try:
-            options = LipsyncOptions(num_inference_steps=int(run.get("inference_steps", DEFAULT_INFERENCE_STEPS)),
+            options = LipsyncOptions(inference_steps=int(run.get("inference_steps", DEFAULT_INFERENCE_STEPS)),
                                      guidance_scale=float(run.get("guidance_scale", DEFAULT_GUIDANCE_SCALE)),
                                      seed=int(run.seed), num_frames=int(data.num_frames), show_progress=False)
             with torch.no_grad(), autocast:
@@ -51,8 +50,8 @@ class Validator:
     def get_pipeline(self, unet) -> LipsyncPipeline:
         if self.pipeline is None:
             self.pipeline = LipsyncPipeline(
-                vae=self.vae, unet=unet, scheduler=DDIMScheduler(**SCHEDULER_CONFIG), audio_encoder=self.encoder,
-                face_detector=make_face_detector(str(self.config.run.get("face_detector", SYNC_DETECTOR))),
+                vae=self.vae, unet=unet, scheduler=make_scheduler(), audio_encoder=self.encoder,
+                face_detector=make_face_detector(str(self.config.run.get("face_backend", SYNC_DETECTOR))),
                 resolution=int(self.config.data.resolution),
                 mask_path=resolve_mask(self.config.data.get("mask_image_path")))
         return self.pipeline
