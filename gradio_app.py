@@ -17,6 +17,7 @@ from pathlib import Path
 import gradio as gr
 
 from latentsync.app import AppSettings, LipsyncService, check_video, find_examples, friendly
+from latentsync.checkpoints import CHECKPOINTS_DIR
 from latentsync.errors import UserError
 from latentsync.pipelines.options import option_field
 
@@ -37,7 +38,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 exposes the app on the network)")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--share", action="store_true", help="also open a public gradio.live link (off by default)")
-    p.add_argument("--checkpoints_dir", default=str(REPO / "checkpoints"),
+    p.add_argument("--checkpoints_dir", default=str(REPO / CHECKPOINTS_DIR),
                    help="official names (latentsync_unet.pt, whisper/tiny.pt, sd-vae-ft-mse/) or the layout "
                         "of scripts.make_tiny_checkpoints (unet.yaml, latentsync_unet.pt, whisper/tiny.pt, vae/)")
     p.add_argument("--unet_config_path", default=None,

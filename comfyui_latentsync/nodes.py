@@ -15,6 +15,7 @@ import math
 import tempfile
 from pathlib import Path
 
+from latentsync.checkpoints import CHECKPOINTS_DIR
 from latentsync.constants import MODEL_FPS
 from latentsync.face.detectors import DEFAULT_DETECTOR, DETECTOR_NAMES
 from latentsync.pipelines.options import RANDOM_SEED, field_type, option_fields
@@ -67,7 +68,7 @@ class LatentSyncLoader:
     @classmethod
     def INPUT_TYPES(cls):
         path = ("STRING", {"default": "", "tooltip": "empty: the file in checkpoints_dir"})
-        return {"required": {"checkpoints_dir": ("STRING", {"default": str(REPO / "checkpoints")}),
+        return {"required": {"checkpoints_dir": ("STRING", {"default": str(REPO / CHECKPOINTS_DIR)}),
                              "device": ([AUTO, "cuda", "mps", "cpu"],),
                              "dtype": ([AUTO, "fp16", "bf16", "fp32"],),
                              "face_backend": (list(DETECTOR_NAMES), {"default": DEFAULT_DETECTOR})},

@@ -24,8 +24,10 @@ from typing import Callable
 import av
 
 from latentsync import loading
+from latentsync.checkpoints import CHECKPOINTS_DIR, checkpoint_file, default_path
 from latentsync.constants import MODEL_FPS, SAMPLE_RATE
 from latentsync.errors import UserError
+from latentsync.io import atomic_write_text
 from latentsync.pipelines.options import RANDOM_SEED, LipsyncOptions, option_field
 from latentsync.pipelines.results import FACES, SEGMENTS, Progress
 
@@ -34,16 +36,10 @@ logger = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_UNET_CONFIG = loading.DEFAULT_UNET_CONFIG
 TINY_UNET_CONFIG = "unet.yaml"  # present only in folders written by scripts.make_tiny_checkpoints
-UNET_CKPT = "latentsync_unet.pt"
-WHISPER_CKPT = "whisper/tiny.pt"  # the tiny layout's (its UNet width has no official Whisper)
-VAE_DIRS = ("vae", "sd-vae-ft-mse")  # tiny layout, official layout
+TINY_VAE_DIR = "vae"  # the tiny layout's VAE folder; the official one is the checkpoint table's
 VAE_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
-SOURCES = {
-    "unet_config": "part of this repository (configs/unet/); pass --unet_config_path to pick another",
-    "unet_ckpt": "https://huggingface.co/ByteDance/LatentSync-1.6 file latentsync_unet.pt",
-    "whisper": "https://huggingface.co/ByteDance/LatentSync-1.6 file whisper/tiny.pt (small.pt was never released)",
-    "vae": "https://huggingface.co/stabilityai/sd-vae-ft-mse (config.json + diffusion_pytorch_model.safetensors)",
-}
+UNET_CONFIG_SOURCE = "part of this repository (configs/unet/); pass --unet_config_path to pick another"
+WHISPER_NOTE = " (small.pt was never released)"
 HOW_TO_GET = ("Run `python -m scripts.download_checkpoints` when online, or copy the files by hand "
               "(see checkpoints/README.md).")
 
@@ -62,7 +58,7 @@ WarnFn = Callable[[str], None]
 class AppSettings:
     """Everything the command line of gradio_app.py sets."""
 
-    checkpoints_dir: str = str(REPO / "checkpoints")
+    checkpoints_dir: str = str(REPO / CHECKPOINTS_DIR)
     unet_config_path: str | None = None  # None: DIR/unet.yaml if present, else configs/unet/stage2_512.yaml
     device: str | None = None
     dtype: str | None = None
@@ -86,15 +82,21 @@ class CheckpointPaths:
         """One line per missing file: its path and where to get it (empty when complete)."""
         lines = []
         if not self.unet_config.is_file():
-            lines.append(f"{self.unet_config}: UNet config ({SOURCES['unet_config']})")
+            lines.append(f"{self.unet_config}: UNet config ({UNET_CONFIG_SOURCE})")
         if not self.unet_ckpt.is_file():
-            lines.append(f"{self.unet_ckpt}: UNet weights ({SOURCES['unet_ckpt']})")
+            lines.append(f"{self.unet_ckpt}: UNet weights ({source_of('unet')})")
         if not self.whisper.is_file():
-            lines.append(f"{self.whisper}: Whisper audio encoder ({SOURCES['whisper']})")
+            lines.append(f"{self.whisper}: Whisper audio encoder ({source_of('whisper')}{WHISPER_NOTE})")
         vae_ok = (self.vae / "config.json").is_file() and any((self.vae / w).is_file() for w in VAE_WEIGHTS)
         if not vae_ok:
-            lines.append(f"{self.vae}/: VAE folder ({SOURCES['vae']})")
+            lines.append(f"{self.vae}/: VAE folder ({source_of('vae')})")
         return lines
+
+
+def source_of(name: str) -> str:
+    """Where to get the checkpoint-table file `name`, with the files a folder needs."""
+    entry = checkpoint_file(name)
+    return entry.source() + (f" ({' + '.join(entry.files)})" if entry.files else "")
 
 
 def resolve_checkpoints(checkpoints_dir: str | os.PathLike, unet_config_path: str | None = None) -> CheckpointPaths:
@@ -106,8 +108,8 @@ def resolve_checkpoints(checkpoints_dir: str | os.PathLike, unet_config_path: st
         config = root / TINY_UNET_CONFIG
     else:
         config = DEFAULT_UNET_CONFIG
-    vae = next((root / d for d in VAE_DIRS if (root / d).is_dir()), root / VAE_DIRS[1])
-    return CheckpointPaths(config, root / UNET_CKPT, _whisper_path(config, root), vae)
+    vae = root / TINY_VAE_DIR if (root / TINY_VAE_DIR).is_dir() else default_path("vae", root)
+    return CheckpointPaths(config, default_path("unet", root), _whisper_path(config, root), vae)
 
 
 def _whisper_path(config: Path, root: Path) -> Path:
@@ -115,7 +117,7 @@ def _whisper_path(config: Path, root: Path) -> Path:
     try:
         return loading.whisper_for(loading.read_yaml(config), config, root)
     except UserError:  # the tiny layout's width, or a config problem that missing() reports
-        return root / WHISPER_CKPT
+        return default_path("whisper", root)
 
 
 def find_examples(folder: str | os.PathLike | None) -> list[list[str]]:
@@ -353,7 +355,7 @@ def check_range(name: str, value, low, high) -> None:
 def _write_settings(path: Path, video: str, audio: str, options) -> None:
     """Record what produced a run (input names and options) next to its output."""
     record = {"video": Path(video).name, "audio": Path(audio).name, "options": asdict(options)}
-    path.write_text(json.dumps(record, indent=2, default=str))
+    atomic_write_text(path, json.dumps(record, indent=2, default=str))
 
 
 def friendly(message: str, *paths: str | None) -> str:

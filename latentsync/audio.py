@@ -61,6 +61,11 @@ MIN_LEVEL_DB = -100.0
 REF_LEVEL_DB = 20.0
 MAX_ABS_VALUE = 4.0
 SYNCNET_FRAMES = 16
+# Slaney mel scale: 200/3 Hz per mel below 1 kHz, then a log step of ln(6.4)/27 per mel
+SLANEY_HZ_PER_MEL = 200.0 / 3
+SLANEY_MIN_LOG_HZ = 1000.0
+SLANEY_MIN_LOG_MEL = SLANEY_MIN_LOG_HZ / SLANEY_HZ_PER_MEL
+SLANEY_LOG_STEP = float(np.log(6.4) / 27.0)
 
 
 # ----------------------------------------------------------------------------------------
@@ -297,25 +302,17 @@ class AudioEncoder:
 def hz_to_mel_slaney(hz):
     """Slaney mel scale: linear below 1 kHz (200/3 Hz per mel), logarithmic above."""
     hz = np.asarray(hz, dtype=np.float64)
-    f_sp = 200.0 / 3
-    min_log_hz = 1000.0
-    min_log_mel = min_log_hz / f_sp
-    logstep = np.log(6.4) / 27.0
-    linear = hz / f_sp
-    log = min_log_mel + np.log(np.maximum(hz, min_log_hz) / min_log_hz) / logstep
-    return np.where(hz >= min_log_hz, log, linear)
+    linear = hz / SLANEY_HZ_PER_MEL
+    log = SLANEY_MIN_LOG_MEL + np.log(np.maximum(hz, SLANEY_MIN_LOG_HZ) / SLANEY_MIN_LOG_HZ) / SLANEY_LOG_STEP
+    return np.where(hz >= SLANEY_MIN_LOG_HZ, log, linear)
 
 
 def mel_to_hz_slaney(mel):
     """Inverse of `hz_to_mel_slaney`."""
     mel = np.asarray(mel, dtype=np.float64)
-    f_sp = 200.0 / 3
-    min_log_hz = 1000.0
-    min_log_mel = min_log_hz / f_sp
-    logstep = np.log(6.4) / 27.0
-    linear = mel * f_sp
-    log = min_log_hz * np.exp(logstep * (mel - min_log_mel))
-    return np.where(mel >= min_log_mel, log, linear)
+    linear = mel * SLANEY_HZ_PER_MEL
+    log = SLANEY_MIN_LOG_HZ * np.exp(SLANEY_LOG_STEP * (mel - SLANEY_MIN_LOG_MEL))
+    return np.where(mel >= SLANEY_MIN_LOG_MEL, log, linear)
 
 
 def slaney_mel_filterbank(sr: int = SAMPLE_RATE, n_fft: int = MEL_N_FFT,

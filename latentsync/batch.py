@@ -16,6 +16,7 @@ import sys
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from latentsync.checkpoints import CHECKPOINTS_DIR
 from latentsync.errors import EXIT_USER_ERROR, UserError
 from latentsync.jobs import job_options, load_pipeline, run_dub
 from latentsync.pipelines.options import option_fields
@@ -38,7 +39,7 @@ class ModelFiles:
     device: str | None = None
     dtype: str | None = None
     face_backend: str = "mediapipe"
-    checkpoints_dir: str = "checkpoints"
+    checkpoints_dir: str = CHECKPOINTS_DIR
 
 
 def dub_row(model: ModelFiles, video: str, audio: str, out: str, options: dict) -> tuple[str, str, str]:

@@ -10,24 +10,19 @@ be stored as JSON and sent to other processes.
 from __future__ import annotations
 
 import os
-import uuid
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
 from latentsync.app import HOW_TO_GET, CheckpointPaths, resolve_checkpoints
+from latentsync.checkpoints import CHECKPOINTS_DIR
 from latentsync.errors import UserError
+from latentsync.io import atomic_output
 from latentsync.pipelines.options import ORIGINAL_FPS, RANDOM_SEED, LipsyncOptions
 
-PARTIAL_MARK = ".partial"  # temporary outputs are named .<stem>.<random>.partial<ext>
 FACE_SHARE = 0.3  # share of the progress bar taken by the face pass; the rest follows the frames written
 
 ProgressFn = Callable[[float, str], None]  # (fraction 0..1, stage)
-
-
-def partial_path(out: Path) -> Path:
-    """A fresh temporary name next to `out` (same folder, so the final rename is atomic)."""
-    return out.parent / f".{out.stem}.{uuid.uuid4().hex[:8]}{PARTIAL_MARK}{out.suffix}"
 
 
 def checkpoint_paths(checkpoints_dir: str | os.PathLike, unet_config_path: str | None = None,
@@ -83,7 +78,7 @@ def job_options(values: dict, video: str | os.PathLike | None = None) -> Lipsync
 
 
 def load_pipeline(unet_config, unet_ckpt, whisper=None, vae=None, device=None, dtype=None,
-                  face_backend: str = "mediapipe", checkpoints_dir: str | os.PathLike = "checkpoints"):
+                  face_backend: str = "mediapipe", checkpoints_dir: str | os.PathLike = CHECKPOINTS_DIR):
     """The inference pipeline, loaded once: models on `device`; `checkpoints_dir` is where the
     default Whisper file (when `whisper` is None) and the optional face backends' models are."""
     from latentsync.pipelines.lipsync_pipeline import LipsyncPipeline
@@ -104,11 +99,7 @@ def run_dub(pipeline, video: str | os.PathLike, audio: str | os.PathLike, out: s
     """
     opts = job_options(options if work_dir is None else {**options, "temp_dir": work_dir}, video)
     out = Path(out)
-    temp = partial_path(out)
-    try:
+    with atomic_output(out) as temp:
         result = pipeline(str(video), str(audio), temp, opts, progress=_fraction_reporter(on_progress))
-        os.replace(temp, out)
-    finally:
-        temp.unlink(missing_ok=True)
     result.output_path = out
     return result

@@ -12,6 +12,8 @@ import os
 import sys
 from pathlib import Path
 
+from latentsync.checkpoints import CHECKPOINTS_DIR
+
 EPILOG = """stages: 1 remove broken, 2 resample 25 fps / 16 kHz, 3 scene cuts, 4 5-10 s segments,
 5 single face >= --min_face_size, 6 align faces, 7 SyncNet v2 sync, 8 hyperIQA quality.
 Stages 7 and 8 need checkpoints/auxiliary/syncnet_v2.model and koniq_pretrained.pkl
@@ -63,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="stage 7: maximum audio-video offset in frames")
     parser.add_argument("--quality_threshold", type=float, default=40.0,
                         help="stage 8: minimum hyperIQA score")
-    parser.add_argument("--checkpoints_dir", default="checkpoints",
+    parser.add_argument("--checkpoints_dir", default=CHECKPOINTS_DIR,
                         help="folder holding auxiliary/syncnet_v2.model and auxiliary/koniq_pretrained.pkl")
     parser.add_argument("--device", default="auto", help="torch device for stages 7-8 (auto, cpu, cuda)")
     parser.add_argument("--temp_dir", default=None,

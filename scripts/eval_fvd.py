@@ -7,15 +7,11 @@ import argparse
 import sys
 
 from latentsync.device import pick_device
-from ._cli import require_dirs, run_cli
+from ._cli import command, require_dirs, video_dirs_parser
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--real_videos_dir", required=True)
-    parser.add_argument("--fake_videos_dir", required=True)
-    parser.add_argument("--i3d_path", default="checkpoints/auxiliary/i3d_torchscript.pt",
-                        help="TorchScript I3D (StyleGAN-V release)")
+    parser = video_dirs_parser(__doc__, "--i3d_path", "i3d", "TorchScript I3D (StyleGAN-V release)")
     parser.add_argument("--device", default="cpu", help="device for I3D (the reference uses the CPU)")
     parser.add_argument("--face_backend", default="mediapipe", help="face detector backend")
     parser.add_argument("--face_detector", dest="face_backend", help="deprecated spelling of --face_backend")
@@ -35,8 +31,7 @@ def run(args: argparse.Namespace) -> float:
     return value
 
 
-def main(argv=None) -> int:
-    return run_cli(lambda: run(parse_args(argv)))
+main = command(parse_args, run)
 
 
 if __name__ == "__main__":

@@ -9,15 +9,12 @@ import sys
 
 from latentsync.device import pick_device
 from latentsync.errors import UserError
-from ._cli import require_dirs, run_cli
+from ._cli import command, require_dirs, video_dirs_parser
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--real_videos_dir", required=True)
-    parser.add_argument("--fake_videos_dir", required=True)
-    parser.add_argument("--inception_path", default="checkpoints/auxiliary/inception_v3_google-0cc3c7bd.pth",
-                        help="torchvision Inception v3 ImageNet weights for FID")
+    parser = video_dirs_parser(__doc__, "--inception_path", "inception",
+                               "torchvision Inception v3 ImageNet weights for FID")
     parser.add_argument("--no_fid", action="store_true", help="compute SSIM only")
     parser.add_argument("--frame_stride", type=int, default=1, help="use every n-th frame")
     parser.add_argument("--max_frames", type=int, default=None, help="at most this many frames per video")
@@ -41,8 +38,7 @@ def run(args: argparse.Namespace) -> dict:
     return result
 
 
-def main(argv=None) -> int:
-    return run_cli(lambda: run(parse_args(argv)))
+main = command(parse_args, run)
 
 
 if __name__ == "__main__":

@@ -11,15 +11,16 @@ from pathlib import Path
 from latentsync.device import pick_device
 from latentsync.errors import UserError
 from latentsync.eval.s3fd import DETECTOR_CHOICES, S3FD_PATH, choose_face_detector
-from ._cli import require_dirs, run_cli
+from latentsync.checkpoints import default_path
+from ._cli import command, new_parser, require_dirs
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = new_parser(__doc__)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--video_path", help="one video to score")
     source.add_argument("--videos_dir", help="score every video in this folder (failures are skipped)")
-    parser.add_argument("--initial_model", default="checkpoints/auxiliary/syncnet_v2.model",
+    parser.add_argument("--initial_model", default=str(default_path("syncnet_v2")),
                         help="SyncNet v2 weights (syncnet_python's syncnet_v2.model)")
     parser.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")
     parser.add_argument("--csv_out", default=None, help="write per-video scores to this CSV file")
@@ -73,8 +74,7 @@ def run(args: argparse.Namespace) -> None:
           f"LSE-D {result['lse_d']:.4f}")
 
 
-def main(argv=None) -> int:
-    return run_cli(lambda: run(parse_args(argv)))
+main = command(parse_args, run)
 
 
 if __name__ == "__main__":

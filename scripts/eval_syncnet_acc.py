@@ -16,14 +16,15 @@ from pathlib import Path
 
 import torch
 
-from ._cli import run_cli
+from latentsync.checkpoints import default_path
+from ._cli import command, new_parser
 
-DEFAULT_CKPT = "checkpoints/stable_syncnet.pt"
+DEFAULT_CKPT = str(default_path("stable_syncnet"))
 DEFAULT_NUM_SAMPLES = 2048
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = new_parser(__doc__)
     parser.add_argument("--config_path", default="configs/syncnet/syncnet_16_pixel_attn.yaml")
     parser.add_argument("--ckpt_path", default=None,
                         help=f"default: the config's ckpt.inference_ckpt_path, else {DEFAULT_CKPT}")
@@ -98,8 +99,7 @@ def run(args: argparse.Namespace) -> float:
     return accuracy
 
 
-def main(argv=None) -> int:
-    return run_cli(lambda: run(parse_args(argv)))
+main = command(parse_args, run)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from latentsync.io import atomic_output
+
 SIZE = 256
 OUT_DIR = Path(__file__).resolve().parents[1] / "latentsync" / "face"
 
@@ -76,10 +78,9 @@ def all_masks() -> dict[str, np.ndarray]:
 def main() -> None:
     for name, image in all_masks().items():
         path = OUT_DIR / name
-        tmp = path.with_name(path.stem + ".tmp.png")
-        if not cv2.imwrite(str(tmp), image):
-            raise OSError(f"{tmp}: could not write")
-        tmp.replace(path)
+        with atomic_output(path) as temp:
+            if not cv2.imwrite(str(temp), image):
+                raise OSError(f"{path}: could not write the PNG")
         print(f"{path}: {int((image[:, :, 0] == 0).sum())} generated pixels")
 
 

@@ -12,21 +12,11 @@ import os
 import sys
 
 from latentsync.constants import DEFAULT_SEED
-from latentsync.errors import EXIT_USER_ERROR
-
-from ._cli import run_cli
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse that reports a bad argument as one `error: ...` line (exit code 2), no usage."""
-
-    def error(self, message: str):
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(EXIT_USER_ERROR)
+from ._cli import command, new_parser
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = OneLineParser(description=__doc__.splitlines()[0])
+    parser = new_parser(__doc__, one_line_errors=True)
     parser.add_argument("--output_dir", required=True, help="folder for the corpus (created; resumable)")
     parser.add_argument("--num_clips", type=int, required=True, help="number of clips")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED,
@@ -54,8 +44,7 @@ def run(args: argparse.Namespace) -> None:
           f"manifest: {os.path.join(args.output_dir, 'manifest.csv')}")
 
 
-def main(argv=None) -> int:
-    return run_cli(lambda: run(parse_args(argv)))
+main = command(parse_args, run)
 
 
 if __name__ == "__main__":

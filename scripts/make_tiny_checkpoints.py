@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from latentsync.io import atomic_save_torch
+from latentsync.checkpoints import default_path
+from latentsync.io import atomic_save_torch, atomic_write_text
 from latentsync.paths import config_path
 
 SEED = 0
@@ -54,10 +55,6 @@ def randomize(model: torch.nn.Module, generator: torch.Generator) -> torch.nn.Mo
     return model
 
 
-def atomic_torch_save(obj, path: Path) -> None:
-    atomic_save_torch(obj, path)
-
-
 def write_unet(out: Path, generator: torch.Generator) -> None:
     from latentsync.models import UNet3DConditionModel
 
@@ -65,10 +62,10 @@ def write_unet(out: Path, generator: torch.Generator) -> None:
     config.model.update(UNET_MODEL)
     config.data.syncnet_config_path = str(out / "syncnet.yaml")
     config.data.resolution = 256
-    config.ckpt.resume_ckpt_path = str(out / "latentsync_unet.pt")
-    OmegaConf.save(config, out / "unet.yaml")
+    config.ckpt.resume_ckpt_path = str(default_path("unet", out))
+    atomic_write_text(out / "unet.yaml", OmegaConf.to_yaml(config))
     unet = randomize(UNet3DConditionModel.from_config(OmegaConf.to_container(config.model)), generator)
-    atomic_torch_save({"state_dict": unet.state_dict(), "global_step": 0}, out / "latentsync_unet.pt")
+    atomic_save_torch({"state_dict": unet.state_dict(), "global_step": 0}, default_path("unet", out))
 
 
 def write_syncnet(out: Path, generator: torch.Generator) -> None:
@@ -76,18 +73,17 @@ def write_syncnet(out: Path, generator: torch.Generator) -> None:
 
     config = OmegaConf.load(config_path("syncnet/syncnet_16_pixel_attn.yaml"))
     config.model = SYNCNET_MODEL
-    config.ckpt.inference_ckpt_path = str(out / "stable_syncnet.pt")
-    OmegaConf.save(config, out / "syncnet.yaml")
+    config.ckpt.inference_ckpt_path = str(default_path("stable_syncnet", out))
+    atomic_write_text(out / "syncnet.yaml", OmegaConf.to_yaml(config))
     syncnet = randomize(StableSyncNet.from_config(SYNCNET_MODEL), generator)
-    atomic_torch_save({"state_dict": syncnet.state_dict()}, out / "stable_syncnet.pt")
+    atomic_save_torch({"state_dict": syncnet.state_dict()}, default_path("stable_syncnet", out))
 
 
 def write_whisper(out: Path) -> None:
     from whisper.model import ModelDimensions, Whisper
 
-    (out / "whisper").mkdir(exist_ok=True)
     model = Whisper(ModelDimensions(**WHISPER_DIMS))
-    atomic_torch_save({"dims": WHISPER_DIMS, "model_state_dict": model.state_dict()}, out / "whisper/tiny.pt")
+    atomic_save_torch({"dims": WHISPER_DIMS, "model_state_dict": model.state_dict()}, default_path("whisper", out))
 
 
 def write_vae(out: Path) -> None:

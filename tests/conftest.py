@@ -25,6 +25,8 @@ ALLOW_SKIPS_ENV = "LATENTSYNC_ALLOW_SKIPS"
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU; the only tests allowed to skip")
+    config.addinivalue_line("markers", "slow: runs for minutes (e.g. the learnability benchmark); "
+                                       "deselect with -m 'not slow'")
 
 
 def _unexpected_skips(reporter) -> list:

@@ -162,7 +162,7 @@ def test_different_audio_gives_different_cache_entry(tmp_path):
     b = enc.features(noise(1.0, seed=2))
     assert not torch.equal(a, b)
     assert len(list(tmp_path.glob("*.pt"))) == 2
-    assert not list(tmp_path.glob("*.tmp"))  # no leftovers from the atomic write
+    assert not list(tmp_path.glob("*.partial*"))  # no leftovers from the atomic write
 
 
 def test_corrupt_cache_file_is_recomputed(tmp_path, caplog):

@@ -221,7 +221,7 @@ def test_tiny_official_layout_checkpoint_loads_strictly(clips, tmp_path, one_thr
     chart = run_dir / "loss_charts/loss_chart-2.png"
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
-    assert not list(run_dir.rglob("*.partial"))
+    assert not list(run_dir.rglob("*.partial*"))
 
 
 def test_bad_config_exits_2_with_one_line(clips, tmp_path):

@@ -150,7 +150,7 @@ def test_run_folder_checkpoints_and_pruning(tmp_path):
     assert state["history"]["val_step_list"] == [2, 4, 6, 8]
     assert (run_dir / "loss_charts/loss_chart-8.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert OmegaConf.load(run_dir / "config.yaml").run.max_train_steps == 8
-    assert not list(run_dir.rglob("*.partial"))
+    assert not list(run_dir.rglob("*.partial*"))
     with pytest.raises(UserError, match="already has checkpoints"):
         toy_train(write_toy_config(tmp_path), run_name="toy")
 

@@ -1,11 +1,13 @@
 """What the SyncNet and UNet training datasets share: reading file lists and data folders, the
-per-sample RNG, the on-disk SyncNet mel cache and the once-per-clip skip warning."""
+per-sample RNG, drawing clips until one gives a sample (with a once-per-clip skip warning),
+reading windows of frames, and the on-disk SyncNet mel cache."""
 
 import hashlib
 import logging
 import os
 import random
 from pathlib import Path
+from typing import Callable, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -15,12 +17,14 @@ from latentsync.audio import load_audio, syncnet_melspectrogram
 from latentsync.constants import SAMPLE_RATE
 from latentsync.errors import UserError
 from latentsync.io import atomic_open
+from latentsync.video import count_frames, read_frames
 
 logger = logging.getLogger(__name__)
 
 VIDEO_SUFFIX = ".mp4"
 MEL_CACHE_VERSION = 1  # bump when the mel computation changes (invalidates cached files)
 MEL_BANDS = 80
+T = TypeVar("T")
 
 
 # --------------------------------------------------------------------------------------------
@@ -107,6 +111,60 @@ def report_skip(reported: set[str], path: str, reason: str) -> None:
     level = logging.DEBUG if path in reported else logging.WARNING
     reported.add(path)
     logger.log(level, "skipping clip %s (%s); drawing another one", path, reason)
+
+
+def error_line(error: BaseException) -> str:
+    """`Type: first line of the message` (just the type when the message is empty)."""
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
+
+
+def draw_sample(paths: Sequence[str], rng: random.Random, sample_clip: Callable[[str, random.Random], T | None],
+                errors: tuple[type[BaseException], ...], reported: set[str], max_failures: int,
+                too_short: str) -> T:
+    """`sample_clip(path, rng)` of a clip drawn from `paths`, drawing again (with a once-per-clip
+    warning) while the clip raises one of `errors` or is too short (None). After `max_failures`
+    failures in a row: a UserError naming the last clip and why, instead of looping forever."""
+    last = ""
+    for _ in range(max_failures):
+        path = rng.choice(paths)
+        try:
+            sample, reason = sample_clip(path, rng), too_short
+        except errors as e:
+            sample, reason = None, error_line(e)
+        if sample is not None:
+            return sample
+        last = f"{path}: {reason}"
+        report_skip(reported, path, reason)
+    raise UserError(f"{max_failures} clips in a row could not be used (check the data list); last: {last}")
+
+
+class ClipFrames:
+    """Frame counts and windows of `num_frames` frames of training clips at `fps`, per process.
+
+    Lengths are remembered; with `keep_in_memory` every clip is decoded once, resized to
+    `resolution` and kept (tiny data sets and overfit runs only), else each window is decoded.
+    """
+
+    def __init__(self, num_frames: int, resolution: int, fps: float, keep_in_memory: bool = False):
+        self.num_frames, self.resolution, self.fps = int(num_frames), int(resolution), fps
+        self.keep_in_memory = keep_in_memory
+        self._lengths: dict[str, int] = {}
+        self._clips: dict[str, np.ndarray] = {}
+
+    def length(self, path: str) -> int:
+        if path not in self._lengths:
+            self._lengths[path] = count_frames(path, self.fps)
+        return self._lengths[path]
+
+    def window(self, path: str, start: int) -> np.ndarray:
+        """uint8 frames start .. start+F-1 (at the training size when clips are kept in memory)."""
+        if not self.keep_in_memory:
+            return read_frames(path, start, self.num_frames, fps=self.fps)
+        if path not in self._clips:
+            frames = read_frames(path, 0, self.length(path), fps=self.fps)
+            self._clips[path] = resized_uint8(frames, self.resolution)
+        return self._clips[path][start:start + self.num_frames]
 
 
 # --------------------------------------------------------------------------------------------

@@ -28,10 +28,9 @@ import numpy as np
 import torch
 
 from latentsync.audio import mel_window, mel_window_length
-from latentsync.data.common import (MelCache, find_videos, frames_to_pixels, read_file_list, report_skip,
-                                    resized_uint8, sample_rng)
+from latentsync.constants import MODEL_FPS, SAMPLE_RATE
+from latentsync.data.common import ClipFrames, MelCache, draw_sample, find_videos, frames_to_pixels, read_file_list, sample_rng
 from latentsync.errors import UserError
-from latentsync.video import count_frames, read_frames
 
 MAX_CONSECUTIVE_FAILURES = 50
 CLIP_ERRORS = (UserError, OSError, ValueError, IndexError, RuntimeError, EOFError, av.FFmpegError)
@@ -91,8 +90,8 @@ class SyncNetDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, source, num_frames: int = 16, resolution: int = 256, lower_half: bool = True,
-                 mel_cache_dir: str | os.PathLike | None = None, seed: int = 42, fps: float = 25,
-                 sample_rate: int = 16000, length: int | None = None, cache_frames: bool = False,
+                 mel_cache_dir: str | os.PathLike | None = None, seed: int = 42, fps: float = MODEL_FPS,
+                 sample_rate: int = SAMPLE_RATE, length: int | None = None, cache_frames: bool = False,
                  max_consecutive_failures: int = MAX_CONSECUTIVE_FAILURES):
         self.paths = resolve_videos(source)
         self.num_frames = int(num_frames)
@@ -103,11 +102,9 @@ class SyncNetDataset(torch.utils.data.Dataset):
         self.length = len(self.paths) if length is None else int(length)
         self.mel_length = mel_window_length(self.num_frames, fps)
         self.mels = MelCache(mel_cache_dir, sample_rate, keep_in_memory=cache_frames)
-        self.cache_frames = cache_frames
+        self.clips = ClipFrames(self.num_frames, self.resolution, fps, cache_frames)
         self.max_consecutive_failures = max_consecutive_failures
         self.epoch = 0
-        self._num_frames: dict[str, int] = {}  # per-process memo of clip lengths
-        self._clips: dict[str, np.ndarray] = {}  # decoded clips when cache_frames
         self._reported: set[str] = set()
 
     def __len__(self) -> int:
@@ -119,25 +116,12 @@ class SyncNetDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         rng = sample_rng("syncnet-sample", self.seed, self.epoch, int(index))
-        last_error = ""
-        for _ in range(self.max_consecutive_failures):
-            path = rng.choice(self.paths)
-            try:
-                sample = self.sample_clip(path, rng)
-            except CLIP_ERRORS as e:
-                sample, reason = None, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-            else:
-                reason = "too short for two windows of frames with audio"
-            if sample is not None:
-                return sample
-            last_error = f"{path}: {reason}"
-            report_skip(self._reported, path, reason)
-        raise UserError(f"{self.max_consecutive_failures} clips in a row could not be used "
-                        f"(check the data list); last: {last_error}")
+        return draw_sample(self.paths, rng, self.sample_clip, CLIP_ERRORS, self._reported,
+                           self.max_consecutive_failures, "too short for two windows of frames with audio")
 
     def sample_clip(self, path: str, rng: random.Random) -> dict[str, torch.Tensor] | None:
         """One sample from `path`, or None when the clip is too short."""
-        num_frames = self.clip_length(path)
+        num_frames = self.clips.length(path)
         mel = self.mels.get(path)
         F_ = self.num_frames
         if num_frames < 2 * F_:
@@ -152,24 +136,10 @@ class SyncNetDataset(torch.utils.data.Dataset):
         wrong = rng.randint(0, num_frames - F_ - 1)
         wrong += wrong >= start  # uniform over [0, N-F] without s
         in_sync = rng.random() < 0.5
-        frames = self.clip_frames(path, start if in_sync else wrong)
+        frames = self.clips.window(path, start if in_sync else wrong)
         audio = mel_window(mel, start, F_, self.fps)
         return {
             "frames": frames_to_tensor(frames, self.resolution, self.lower_half),
             "mel": torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))[None],
             "label": torch.tensor(1.0 if in_sync else 0.0),
         }
-
-    def clip_length(self, path: str) -> int:
-        if path not in self._num_frames:
-            self._num_frames[path] = count_frames(path, self.fps)
-        return self._num_frames[path]
-
-    def clip_frames(self, path: str, start: int) -> np.ndarray:
-        """uint8 frames start .. start+F-1 (resized to the training size when cached in memory)."""
-        if not self.cache_frames:
-            return read_frames(path, start, self.num_frames, fps=self.fps)
-        if path not in self._clips:
-            frames = read_frames(path, 0, self.clip_length(path), fps=self.fps)
-            self._clips[path] = resized_uint8(frames, self.resolution)
-        return self._clips[path][start:start + self.num_frames]

@@ -42,11 +42,12 @@ import torch
 from tqdm import tqdm
 
 from latentsync.audio import chunk_indices, load_audio, mel_window
-from latentsync.data.common import (MelCache, find_videos, frames_to_pixels, read_file_list, report_skip,
-                                    resized_uint8, sample_rng)
+from latentsync.constants import DEFAULT_SEED, MODEL_FPS, SAMPLE_RATE
+from latentsync.data.common import (ClipFrames, MelCache, draw_sample, error_line, find_videos, frames_to_pixels,
+                                    read_file_list, sample_rng)
 from latentsync.errors import UserError
 from latentsync.face.mask import load_mask
-from latentsync.video import count_frames, read_frames
+from latentsync.io import load_torch_file
 
 logger = logging.getLogger(__name__)
 
@@ -61,11 +62,11 @@ class UNetDataOptions:
     num_frames: int = 16
     resolution: int = 256
     mask_path: str = "latentsync/face/mask.png"
-    fps: float = 25
-    sample_rate: int = 16000
+    fps: float = MODEL_FPS
+    sample_rate: int = SAMPLE_RATE
     use_mel: bool = True  # SyncNet supervision needs the mel window
     mel_cache_dir: str | None = None
-    seed: int = 1247
+    seed: int = DEFAULT_SEED
     cache_frames: bool = False  # keep decoded clips in memory (tiny data sets / overfit runs only)
     max_consecutive_failures: int = MAX_CONSECUTIVE_FAILURES
 
@@ -98,7 +99,7 @@ def feature_cache_file(encoder, wav: np.ndarray) -> Path:
     return Path(encoder.cache_dir) / f"{encoder._cache_key(wav)}.pt"
 
 
-def prepare_audio_features(paths: Sequence[str], encoder, sample_rate: int = 16000,
+def prepare_audio_features(paths: Sequence[str], encoder, sample_rate: int = SAMPLE_RATE,
                            show_progress: bool = True) -> dict[str, str]:
     """Compute (or find cached) Whisper features of every clip's own audio; `{clip: cache file}`.
 
@@ -118,7 +119,7 @@ def prepare_audio_features(paths: Sequence[str], encoder, sample_rate: int = 160
                 raise RuntimeError(f"audio feature cache file {target} was not written")
         except CLIP_ERRORS as e:
             failed += 1
-            logger.warning("skipping clip %s: no audio features (%s)", path, first_line(e))
+            logger.warning("skipping clip %s: no audio features (%s)", path, error_line(e))
             continue
         files[str(path)] = str(target)
     if not files:
@@ -126,11 +127,6 @@ def prepare_audio_features(paths: Sequence[str], encoder, sample_rate: int = 160
     if failed:
         logger.warning("%d of %d clips have no usable audio and will be skipped", failed, len(paths))
     return files
-
-
-def first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
 
 
 # --------------------------------------------------------------------------------------------
@@ -175,8 +171,7 @@ class UNetDataset(torch.utils.data.Dataset):
         mask = torch.from_numpy(load_mask(options.mask_path, options.resolution))
         self.mask = mask[None, None].expand(options.num_frames, 1, -1, -1).contiguous()  # [F, 1, res, res]
         self.mels = MelCache(options.mel_cache_dir, options.sample_rate, keep_in_memory=options.cache_frames)
-        self._lengths: dict[str, int] = {}
-        self._clips: dict[str, np.ndarray] = {}
+        self.clips = ClipFrames(options.num_frames, options.resolution, options.fps, options.cache_frames)
         self._features: dict[str, torch.Tensor] = {}
         self._reported: set[str] = set()
 
@@ -189,20 +184,9 @@ class UNetDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict:
         rng = sample_rng("unet-sample", self.options.seed, self.epoch, int(index))
-        last = ""
-        for _ in range(self.options.max_consecutive_failures):
-            path = rng.choice(self.paths)
-            try:
-                sample = self.sample_clip(path, rng)
-                reason = "too short (needs two non-overlapping windows with audio)"
-            except CLIP_ERRORS as e:
-                sample, reason = None, first_line(e)
-            if sample is not None:
-                return sample
-            last = f"{path}: {reason}"
-            report_skip(self._reported, path, reason)
-        raise UserError(f"{self.options.max_consecutive_failures} clips in a row could not be used "
-                        f"(check the data list); last: {last}")
+        return draw_sample(self.paths, rng, self.sample_clip, CLIP_ERRORS, self._reported,
+                           self.options.max_consecutive_failures,
+                           "too short (needs two non-overlapping windows with audio)")
 
     def sample_clip(self, path: str, rng: random.Random) -> dict | None:
         """One sample from `path`, or None when the clip is too short."""
@@ -210,7 +194,7 @@ class UNetDataset(torch.utils.data.Dataset):
         window = o.num_frames
         if path not in self.feature_files:
             raise KeyError("no Whisper features (its audio could not be decoded)")
-        num_frames = self.clip_length(path)
+        num_frames = self.clips.length(path)
         if num_frames < 2 * window:
             return None
         features = self.clip_features(path)
@@ -226,8 +210,8 @@ class UNetDataset(torch.utils.data.Dataset):
             return None
         start = rng.choice(starts)
         ref = reference_start(rng, start, num_frames, window)
-        gt = frames_to_pixels(self.clip_frames(path, start), o.resolution)
-        ref_pixels = frames_to_pixels(self.clip_frames(path, ref), o.resolution)
+        gt = frames_to_pixels(self.clips.window(path, start), o.resolution)
+        ref_pixels = frames_to_pixels(self.clips.window(path, ref), o.resolution)
         audio = features[torch.from_numpy(rows[start:start + window])]  # [F, 10, L, D]
         if mel is not None:
             mel_tensor = torch.from_numpy(np.ascontiguousarray(mel_window(mel, start, window, o.fps)))[None]
@@ -247,27 +231,12 @@ class UNetDataset(torch.utils.data.Dataset):
 
     # -- per-clip data (memoised where cheap or asked for)
 
-    def clip_length(self, path: str) -> int:
-        if path not in self._lengths:
-            self._lengths[path] = count_frames(path, self.options.fps)
-        return self._lengths[path]
-
     def clip_features(self, path: str) -> torch.Tensor:
         if path in self._features:
             return self._features[path]
-        features = torch.load(self.feature_files[path], map_location="cpu", weights_only=True)
+        features = load_torch_file(self.feature_files[path], "audio feature file")
         if not torch.is_tensor(features) or features.ndim != 3:
             raise ValueError(f"{self.feature_files[path]}: not a [T, layers, dim] feature tensor")
         if self.options.cache_frames:
             self._features[path] = features
         return features
-
-    def clip_frames(self, path: str, start: int) -> np.ndarray:
-        """uint8 frames start .. start+F-1 (at the training size when clips are kept in memory)."""
-        o = self.options
-        if not o.cache_frames:
-            return read_frames(path, start, o.num_frames, fps=o.fps)
-        if path not in self._clips:
-            frames = read_frames(path, 0, self.clip_length(path), fps=o.fps)
-            self._clips[path] = resized_uint8(frames, o.resolution)
-        return self._clips[path][start:start + o.num_frames]

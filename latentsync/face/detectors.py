@@ -192,7 +192,7 @@ class InsightFaceDetector(FaceDetector):
 
     name = "insightface"
 
-    def __init__(self, checkpoints_dir: str | Path = "checkpoints", device=None):
+    def __init__(self, checkpoints_dir: str | Path = CHECKPOINTS_DIR, device=None):
         folder = default_path("insightface", checkpoints_dir)  # <checkpoints>/auxiliary/models/buffalo_l
         root = folder.parent.parent
         _require("insightface", "pip install insightface onnxruntime",
@@ -251,7 +251,7 @@ class FaceAlignmentDetector(FaceDetector):
 
     name = "face_alignment"
 
-    def __init__(self, checkpoints_dir: str | Path = "checkpoints", device=None):
+    def __init__(self, checkpoints_dir: str | Path = CHECKPOINTS_DIR, device=None):
         files = [default_path(name, checkpoints_dir) for name in FAN_WEIGHTS]
         _require("face_alignment", "pip install face-alignment", files,
                  "--face_detector face_alignment")
@@ -280,7 +280,7 @@ class FaceAlignmentDetector(FaceDetector):
         return faces
 
 
-def make_face_detector(name: str = DEFAULT_DETECTOR, checkpoints_dir: str | Path = "checkpoints",
+def make_face_detector(name: str = DEFAULT_DETECTOR, checkpoints_dir: str | Path = CHECKPOINTS_DIR,
                        device=None) -> FaceDetector:
     """The detector backend called `name` (one of DETECTOR_NAMES)."""
     if name == "mediapipe":

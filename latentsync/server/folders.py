@@ -14,7 +14,7 @@ import shutil
 import uuid
 from pathlib import Path
 
-from latentsync.jobs import PARTIAL_MARK
+from latentsync.io import TEMP_MARK
 
 INCOMING = ".incoming"
 RESULT_NAME = "result.mp4"
@@ -92,5 +92,5 @@ class JobFolders:
                 continue
             shutil.rmtree(folder / SCRATCH, ignore_errors=True)
             for path in folder.iterdir():
-                if PARTIAL_MARK in path.name:
+                if TEMP_MARK in path.name:
                     path.unlink(missing_ok=True)

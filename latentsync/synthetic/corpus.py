@@ -25,6 +25,7 @@ import numpy as np
 
 from latentsync.constants import DEFAULT_SEED, MODEL_FPS, SAMPLE_RATE
 from latentsync.errors import UserError
+from latentsync.io import atomic_open, atomic_write_text
 from latentsync.synthetic.identities import CROP_SIZE, identity_names, load_identity
 from latentsync.synthetic.motion import HeadMotion, random_head_motion, read_motion_csv, write_motion_csv
 from latentsync.synthetic.render import render_clip
@@ -163,16 +164,10 @@ def rerender(corpus_dir: str | os.PathLike, row: dict, track: np.ndarray,
     render_video(Path(out_path), row["identity"], motion, track, int(row["size"]))
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    temp = path.with_name(f".{path.name}.partial")
-    temp.write_text(text, encoding="utf-8")
-    os.replace(temp, path)
-
-
 def write_phonemes_csv(path: Path, phonemes: list[Phoneme]) -> None:
     """CSV start,end,phoneme (seconds from the clip's start, espeak mnemonics)."""
     lines = ["start,end,phoneme"] + [f"{p.start:.4f},{p.end:.4f},{p.name}" for p in phonemes]
-    _atomic_text(path, "\n".join(lines) + "\n")
+    atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def write_clip(plan: ClipPlan, options: CorpusOptions) -> dict:
@@ -205,7 +200,7 @@ def write_clip(plan: ClipPlan, options: CorpusOptions) -> dict:
                seconds=round(speech.seconds, 4),
                mouth=relative["mouth"], motion=relative["motion"], wav=relative["wav"],
                phonemes=relative["phonemes"], size=options.size)
-    _atomic_text(base.with_name(plan.name + ".json"), json.dumps(row))
+    atomic_write_text(base.with_name(plan.name + ".json"), json.dumps(row))
     return row
 
 
@@ -221,18 +216,16 @@ def _check_settings(options: CorpusOptions) -> None:
             raise UserError(f"--output_dir {options.output_dir}: was made with other settings "
                             f"({differences}); use a new folder")
     else:
-        _atomic_text(path, json.dumps(settings, indent=1))
+        atomic_write_text(path, json.dumps(settings, indent=1))
 
 
 def write_manifest(output_dir: str | os.PathLike, rows: list[dict]) -> Path:
     """OUT/manifest.csv with MANIFEST_COLUMNS, one row per clip (temp name, then rename)."""
     path = Path(output_dir) / MANIFEST
-    temp = path.with_name(f".{MANIFEST}.partial")
-    with open(temp, "w", newline="", encoding="utf-8") as f:
+    with atomic_open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=MANIFEST_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(temp, path)
     return path
 
 

@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 
 from latentsync.errors import UserError
+from latentsync.io import atomic_output
 
 FACES_DIR = Path(__file__).resolve().parents[2] / "assets" / "synthetic_faces"
 MIRROR_SUFFIX = "_mirror"
@@ -103,9 +104,9 @@ def build_identity_images(out_dir: str | os.PathLike = FACES_DIR) -> list[Path]:
     for stem, load in sources:
         crop = crop_face(np.ascontiguousarray(load()))
         path = out_dir / f"{stem}.jpg"
-        temp = out_dir / f".{stem}.partial.jpg"
-        cv2.imwrite(str(temp), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR),
-                    [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-        os.replace(temp, path)
+        with atomic_output(path) as temp:
+            if not cv2.imwrite(str(temp), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR),
+                               [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]):
+                raise OSError(f"{path}: could not write the JPEG")
         written.append(path)
     return written

@@ -9,10 +9,11 @@ from __future__ import annotations
 import csv
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
+
+from latentsync.io import atomic_open
 
 SMOOTH_FRAMES = 10.0  # Gaussian sigma of the random walks (frames): slow, natural drifts
 SHIFT = 0.025  # typical shift, fraction of the frame side
@@ -72,16 +73,13 @@ def random_head_motion(n_frames: int, rng: np.random.Generator) -> HeadMotion:
 
 def write_motion_csv(path: str | os.PathLike, motion: HeadMotion) -> None:
     """CSV with one row per frame (COLUMNS); temp name, then rename."""
-    path = Path(path)
-    temp = path.with_name(f".{path.name}.partial")
     values = np.column_stack([np.arange(len(motion)), motion.shift, motion.angle, motion.scale,
                               motion.gain, motion.light_tilt])
-    with open(temp, "w", newline="") as f:
+    with atomic_open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(COLUMNS)
         for row in values:
             writer.writerow([int(row[0])] + [f"{x:.6f}" for x in row[1:]])
-    os.replace(temp, path)
 
 
 def read_motion_csv(path: str | os.PathLike) -> HeadMotion:

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import csv
 import os
-from pathlib import Path
 
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
 from latentsync.constants import MODEL_FPS
+from latentsync.io import atomic_open
 from latentsync.synthetic.speech import Phoneme
 
 OPEN, WIDTH = 0, 1  # columns of a mouth track [n_frames, 2]
@@ -98,14 +98,11 @@ def fit_track(track: np.ndarray, n_frames: int) -> np.ndarray:
 
 def write_track_csv(path: str | os.PathLike, track: np.ndarray) -> None:
     """CSV with columns frame,open,width (temp name, then rename)."""
-    path = Path(path)
-    temp = path.with_name(f".{path.name}.partial")
-    with open(temp, "w", newline="") as f:
+    with atomic_open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["frame", "open", "width"])
         for i, (o, w) in enumerate(track):
             writer.writerow([i, f"{o:.5f}", f"{w:.5f}"])
-    os.replace(temp, path)
 
 
 def read_track_csv(path: str | os.PathLike) -> np.ndarray:

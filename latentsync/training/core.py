@@ -27,7 +27,6 @@ A run folder `<data.train_output_dir>/<run_name>/` holds
 
 import logging
 import math
-import os
 import random
 import shutil
 from dataclasses import dataclass
@@ -42,10 +41,11 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from latentsync.errors import UserError
+from latentsync.io import atomic_output, atomic_save_torch, atomic_write_text
 from latentsync.models.checkpoint import load_into, read_state_dict
 from latentsync.training.config import RunSettings
 from latentsync.training.options import TrainOptions
-from latentsync.training.state import (CHECKPOINTS_DIR, STATE_PATTERN, IndexBatches, atomic_save, checkpoint_path,
+from latentsync.training.state import (CHECKPOINTS_DIR, STATE_PATTERN, IndexBatches, checkpoint_path,
                                        find_state_file, new_run_dir, prune, read_training_state, rng_state, run_dir_of,
                                        set_rng_state, state_path)
 
@@ -182,10 +182,8 @@ def save_chart(path: Path, history: History, title: str) -> Path | None:
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
     fig.suptitle(title)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    fig.savefig(tmp, format="png", dpi=CHART_DPI)
-    os.replace(tmp, path)
+    with atomic_output(path) as temp:
+        fig.savefig(temp, format="png", dpi=CHART_DPI)
     return path
 
 
@@ -257,11 +255,10 @@ class Run:
         TensorBoard tracker (continuing after the resumed step) and the progress bar."""
         if self.is_main:
             self.dir.mkdir(parents=True, exist_ok=True)
-            tmp = self.dir / ".config.yaml.partial"
-            OmegaConf.save(self.config, tmp)
-            os.replace(tmp, self.dir / "config.yaml")
+            atomic_write_text(self.dir / "config.yaml", OmegaConf.to_yaml(self.config))
             for name, source in (copies or {}).items():
-                shutil.copyfile(source, self.dir / name)
+                with atomic_output(self.dir / name) as temp:
+                    shutil.copyfile(source, temp)
             logger.info("run folder %s; device %s, mixed precision %s; %s", self.dir, self.device,
                         self.accelerator.mixed_precision, summary)
         purge = {"purge_step": self.step + 1} if self.resume is not None else {}  # drop events after the state
@@ -336,8 +333,8 @@ class Run:
         weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         extra = self.history.to_dict() if self.kind.history_in_checkpoint else {}
         checkpoint = checkpoint_path(self.dir, self.step)
-        atomic_save({"state_dict": weights, "global_step": self.step, **extra}, checkpoint)
-        atomic_save(self.training_state(checkpoint.name), state_path(self.dir, self.step))
+        atomic_save_torch({"state_dict": weights, "global_step": self.step, **extra}, checkpoint)
+        atomic_save_torch(self.training_state(checkpoint.name), state_path(self.dir, self.step))
         prune(checkpoint.parent, STATE_PATTERN, self.settings.keep_training_states)
         return checkpoint
 

@@ -1,4 +1,4 @@
-"""The files and random state of a resumable run: run folders, atomic saves, RNG snapshots,
+"""The files and random state of a resumable run: run folders, RNG snapshots,
 finding and reading the state file to resume from, pruning old states, index batches and
 per-step random generators.
 
@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from latentsync.errors import UserError
+from latentsync.io import load_torch_file
 
 CHECKPOINTS_DIR = "checkpoints"
 CHECKPOINT_NAME = "checkpoint-{step}.pt"  # the official {"state_dict", "global_step"} file
@@ -58,19 +59,6 @@ class IndexBatches(torch.utils.data.Sampler):
             first = (k * self.world_size + self.rank) * self.batch_size
             yield list(range(first, first + self.batch_size))
             k += 1
-
-
-def atomic_save(obj, path: Path) -> None:
-    """torch.save to a temporary name in the same folder, then rename (readers never see half a file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def rng_state() -> dict:
@@ -144,10 +132,7 @@ def read_training_state(path: Path, state_format: str, model_name: str, version:
 
 def read_torch_dict(path: str | os.PathLike, what: str = "checkpoint") -> dict:
     """A dict saved with torch.save, read with weights_only=True; UserError naming the file otherwise."""
-    try:
-        value = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle, zip and torch errors all mean "not a usable file"
-        raise UserError(f"{path}: not a readable {what} ({str(e).splitlines()[0]})") from None
+    value = load_torch_file(path, what)
     if not isinstance(value, dict):
         raise UserError(f"{path}: not a {what} (no dict inside)")
     return value

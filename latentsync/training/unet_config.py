@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from latentsync.checkpoints import default_path
 from latentsync.constants import MODEL_FPS
 from latentsync.data.unet_dataset import training_clips
 from latentsync.errors import UserError
@@ -21,14 +22,14 @@ from latentsync.training.unet_step import StepSettings
 MAX_MOTION_FRAMES = 24  # temporal_position_encoding_max_len of every config
 SUPPORTED_FEAT_LENGTH = [2, 2]
 REQUIRED_KEYS = ("data.num_frames", "data.resolution")
-DEFAULT_PATHS = {  # checkpoint files the official configs do not name
-    "ckpt.vae_path": "checkpoints/sd-vae-ft-mse",
-    "ckpt.whisper_path": "checkpoints/whisper/tiny.pt",
-    "ckpt.syncnet_ckpt_path": "checkpoints/stable_syncnet.pt",
-    "ckpt.videomae_path": "checkpoints/auxiliary/vit_g_hybrid_pt_1200e_ssv2_ft.pth",
-    "ckpt.vgg_path": "checkpoints/auxiliary/vgg16-397923af.pth",
-    "ckpt.syncnet_v2_path": "checkpoints/auxiliary/syncnet_v2.model",
-}
+DEFAULT_PATHS = {key: str(default_path(name)) for key, name in (  # files the official configs do not name
+    ("ckpt.vae_path", "vae"),
+    ("ckpt.whisper_path", "whisper"),
+    ("ckpt.syncnet_ckpt_path", "stable_syncnet"),
+    ("ckpt.videomae_path", "videomae"),
+    ("ckpt.vgg_path", "vgg16"),
+    ("ckpt.syncnet_v2_path", "syncnet_v2"),
+)}
 
 
 def load_config(config_path: str, options: TrainOptions) -> tuple[DictConfig, RunSettings]:

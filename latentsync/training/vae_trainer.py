@@ -42,6 +42,7 @@ from latentsync.constants import MODEL_FPS
 from latentsync.data.common import resized_uint8, sample_rng
 from latentsync.data.syncnet_dataset import videos_from_config
 from latentsync.errors import UserError
+from latentsync.io import atomic_output
 from latentsync.models.vae import measure_latent_stats
 from latentsync.training.config import RunSettings, load_training_config
 from latentsync.training.core import Run, RunKind, find_resume
@@ -176,10 +177,9 @@ def write_frame_bank(path: Path, clips: list[str], resolution: int, stride: int,
         counts = [math.ceil(count_frames(clip, MODEL_FPS) / stride) for clip in clips]
     except (UserError, *CLIP_ERRORS) as e:
         raise UserError(f"cannot read the training clips ({str(e).splitlines()[0]})") from None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    bank = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(sum(counts), resolution, resolution, 3))
-    try:
+    with atomic_output(path) as temp:
+        bank = np.lib.format.open_memmap(temp, mode="w+", dtype=np.uint8,
+                                         shape=(sum(counts), resolution, resolution, 3))
         filled = 0
         for clip, count in tqdm(list(zip(clips, counts)), desc="decoding frames", disable=not show_progress):
             written = decode_clip(clip, bank[filled:filled + count], resolution, stride)
@@ -188,10 +188,6 @@ def write_frame_bank(path: Path, clips: list[str], resolution: int, stride: int,
             filled += count
         bank.flush()
         del bank
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def decode_clip(clip: str, out: np.ndarray, resolution: int, stride: int) -> int:

@@ -13,7 +13,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from latentsync.checkpoints import default_path
+from latentsync.checkpoints import CHECKPOINTS_DIR, default_path
 from latentsync.constants import MODEL_FPS, SAMPLE_RATE
 from latentsync.io import TEMP_MARK, atomic_output, discard, run_ffmpeg, temp_path_for  # noqa: F401
 
@@ -36,7 +36,7 @@ class PipelineOptions:
     sync_conf_threshold: float = 3.0  # stage 7: minimum SyncNet v2 confidence (LSE-C)
     max_sync_offset: int = 6  # stage 7: maximum |audio-video offset| in frames
     quality_threshold: float = 40.0  # stage 8: minimum hyperIQA score
-    checkpoints_dir: str = "checkpoints"
+    checkpoints_dir: str = CHECKPOINTS_DIR
     device: str = "auto"  # torch device of stages 7 and 8
     num_workers: int = 1
     device_workers: int | None = None  # processes of stages 7 and 8 (they run networks); None: num_workers

@@ -1,0 +1,265 @@
+"""Does training learn lip sync? Train the whole stack on a known-truth corpus and measure it.
+
+    python -m benchmarks.learnability --work_dir DIR [--quick] [--threads 2]
+
+Steps (each recorded in DIR/steps.json when finished; re-running skips them, and an interrupted
+training step continues from its trainer's training state):
+  corpus        synthetic talking faces with known mouth tracks (scripts/make_synthetic_corpus.py)
+  data_*        the data pipeline on each split (stages 1-6; the sync and quality stages need
+                downloaded networks and are skipped)
+  whisper       checkpoints/whisper/tiny.pt if present, else a seeded random Whisper-tiny encoder
+  vae           a small VAE (scripts/train_vae.py, configs/vae/learnability.yaml)
+  syncnet       StableSyncNet (scripts/train_syncnet.py, configs/syncnet/learnability.yaml)
+  syncnet_eval  balanced held-out accuracy (in-sync / shifted windows of held-out sentences)
+  unet_stage1   UNet, noise loss (scripts/train_unet.py, configs/unet/learnability.yaml)
+  unet_stage2   motion modules + pixel losses + the SyncNet loss, from stage 1's weights
+  dubs          every held-out clip dubbed with another held-out sentence, and the controls
+  score         mouth-opening correlation, LSE-C/LSE-D/offset (the benchmark's SyncNet), mouth SSIM/PSNR
+  report        DIR/report/learnability.md, summary.json, losses.png, clips.png, opening.png
+--quick trains the same models with fewer clips and steps (benchmarks/learnability_parts/plan.py)
+and fails (exit code 1) unless held-out SyncNet accuracy >= 0.75 and the dubs' mouth-opening
+correlation is at least 0.3 above the zeroed-audio control's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+from benchmarks.learnability_parts.plan import (PLANS, REAL_WHISPER, REPO, STAGE2_OVERRIDES, SYNCNET_CONFIG,
+                                                UNET_CONFIG, VAE_CONFIG, WHISPER_TINY_DIMS, Layout, Plan)
+from benchmarks.learnability_parts.steps import Steps, StepFailed, run_module
+
+SEED = 1247
+SPLITS = ("train", "heldout")
+EXIT_TARGET_MISSED = 1
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work_dir", required=True, help="folder for everything the run writes (resumable)")
+    parser.add_argument("--quick", action="store_true", help="small run (about 8 minutes) that asserts the trend")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads of each step")
+    parser.add_argument("--whisper_path", default=None,
+                        help=f"Whisper checkpoint (default: {REAL_WHISPER.relative_to(REPO)} if present, "
+                             "else a seeded random Whisper-tiny encoder)")
+    return parser.parse_args(argv)
+
+
+# -- steps ---------------------------------------------------------------------------------------
+
+def make_corpus(plan: Plan, layout: Layout, threads: int) -> dict:
+    run_module("scripts.make_synthetic_corpus", [
+        "--output_dir", layout.corpus, "--num_clips", plan.num_clips, "--seed", SEED,
+        "--heldout_fraction", plan.heldout_fraction, "--min_seconds", plan.min_seconds, "--size", plan.size,
+        "--no_progress"], layout.logs / "corpus.log", threads)
+    return {}
+
+
+def run_data_pipeline(layout: Layout, split: str, threads: int) -> dict:
+    run_module("scripts.data_processing_pipeline", [
+        "--input_dir", layout.corpus / split, "--output_dir", layout.data(split), "--resolution", 256,
+        "--min_face_size", 64, "--skip_stages", "7,8", "--no_progress"], layout.logs / f"data_{split}.log", threads)
+    clips = sorted(layout.clips(split).glob("*.mp4"))
+    if not clips:
+        raise StepFailed(f"the data pipeline kept no {split} clip; see {layout.logs / f'data_{split}.log'}")
+    return dict(clips=len(clips))
+
+
+def make_whisper(layout: Layout, given: str | None) -> dict:
+    """The Whisper checkpoint path: the given or real one, else a seeded random Whisper tiny."""
+    if given or REAL_WHISPER.is_file():
+        return dict(path=str(given or REAL_WHISPER), kind="given" if given else "pretrained")
+    import torch
+    import whisper
+
+    from latentsync.io import atomic_save_torch
+
+    torch.manual_seed(SEED)
+    model = whisper.model.Whisper(whisper.model.ModelDimensions(**WHISPER_TINY_DIMS))
+    layout.whisper.parent.mkdir(parents=True, exist_ok=True)
+    atomic_save_torch({"dims": WHISPER_TINY_DIMS, "model_state_dict": model.state_dict()}, layout.whisper)
+    return dict(path=str(layout.whisper), kind="random (seeded; no pretrained Whisper offline)")
+
+
+def train(layout: Layout, module: str, config_flag: str, config: Path, name: str, max_steps: int,
+          overrides: list[str], threads: int) -> dict:
+    """One trainer run `layout.runs/name`: new, or continued from its newest training state."""
+    run_dir = layout.run_dir(name)
+    checkpoints = run_dir / "checkpoints"
+    common = ["--max_train_steps", max_steps, "--device", "cpu", "--num_threads", threads, "--no_progress"]
+    if checkpoints.is_dir() and any(checkpoints.glob("training-state-*.pt")):
+        args = ["--resume_from", run_dir, *common]
+    else:
+        args = [config_flag, config, "--train_output_dir", layout.runs, "--run_name", name, *common, *overrides]
+    run_module(module, args, layout.logs / f"{name}.log", threads)
+    final = layout.checkpoint(name, max_steps)
+    if not final.is_file():
+        raise StepFailed(f"{name}: {final} was not written; see {layout.logs / f'{name}.log'}")
+    return dict(checkpoint=str(final))
+
+
+def data_overrides(layout: Layout) -> list[str]:
+    return [f"data.train_data_dir={layout.clips('train')}", f"data.audio_mel_cache_dir={layout.cache / 'mel'}"]
+
+
+def syncnet_ckpt(layout: Layout, plan: Plan) -> Path:
+    return layout.checkpoint("syncnet", plan.syncnet_steps)
+
+
+def unet_overrides(layout: Layout, plan: Plan, whisper: str) -> list[str]:
+    return [*data_overrides(layout), f"data.audio_embeds_cache_dir={layout.cache / 'embeds'}",
+            f"ckpt.vae_path={layout.vae}", f"ckpt.whisper_path={whisper}",
+            f"ckpt.syncnet_ckpt_path={syncnet_ckpt(layout, plan)}", f"data.syncnet_config_path={SYNCNET_CONFIG}",
+            *plan.unet_overrides]
+
+
+def evaluate_syncnet(layout: Layout, plan: Plan) -> dict:
+    from omegaconf import OmegaConf
+
+    from benchmarks.learnability_parts.scoring import syncnet_accuracy
+    from latentsync.models import load_syncnet
+
+    model = load_syncnet(SYNCNET_CONFIG, syncnet_ckpt(layout, plan), device="cpu").eval()
+    result = syncnet_accuracy(model, OmegaConf.load(SYNCNET_CONFIG), layout.clips("heldout"),
+                              plan.syncnet_eval_samples, SEED)
+    print(f"    held-out SyncNet accuracy {result['accuracy']:.3f} (in sync {result['in_sync_accuracy']:.3f}, "
+          f"shifted {result['shifted_accuracy']:.3f}, {result['samples']} samples)", flush=True)
+    return result
+
+
+def dub_all(layout: Layout, plan: Plan, whisper: str) -> dict:
+    from benchmarks.learnability_parts import dubbing
+    from latentsync.pipelines.lipsync_pipeline import LipsyncPipeline
+    from latentsync.pipelines.options import LipsyncOptions
+    from latentsync.synthetic.corpus import read_manifest
+
+    stage2 = layout.run_dir("unet_stage2")
+    pipeline = LipsyncPipeline.from_checkpoints(
+        unet_config_path=stage2 / "config.yaml",
+        inference_ckpt_path=layout.checkpoint("unet_stage2", plan.stage1_steps + plan.stage2_steps),
+        whisper_ckpt_path=whisper, vae_path=layout.vae, device="cpu")
+    options = LipsyncOptions(inference_steps=plan.inference_steps, seed=SEED, show_progress=False)
+    frames = {}
+    for clip, new, third in dubbing.dub_pairs(read_manifest(layout.corpus), plan.max_dubs):
+        folder = layout.dubs / dubbing.clip_name(clip)
+        frames[dubbing.clip_name(clip)] = dubbing.prepare_inputs(layout.corpus, folder, clip, new, third)
+        dubbing.make_dubs(pipeline, options, layout.corpus, folder, clip)
+        print(f"    dubbed {dubbing.clip_name(clip)} with {dubbing.clip_name(new)}", flush=True)
+    return dict(frames=frames)
+
+
+def score_all(layout: Layout, plan: Plan, frames: dict) -> dict:
+    from omegaconf import OmegaConf
+
+    from benchmarks.learnability_parts import dubbing
+    from latentsync.face import make_face_detector
+    from latentsync.models import load_syncnet
+    from latentsync.synthetic.corpus import read_manifest
+
+    config = OmegaConf.load(SYNCNET_CONFIG)
+    syncnet = load_syncnet(SYNCNET_CONFIG, syncnet_ckpt(layout, plan), device="cpu").eval()
+    detector = make_face_detector("mediapipe")
+    clips = []
+    try:
+        for clip, new, _ in dubbing.dub_pairs(read_manifest(layout.corpus), plan.max_dubs):
+            name = dubbing.clip_name(clip)
+            scores = dubbing.score_clip(layout.corpus, layout.dubs / name, clip, new, frames[name], syncnet,
+                                        config, detector)
+            print(f"    {name}: mouth correlation dub {scores['dub']['mouth_correlation']:.3f}, zero audio "
+                  f"{scores['zero_audio']['mouth_correlation']:.3f}, truth {scores['truth']['mouth_correlation']:.3f}",
+                  flush=True)
+            clips.append(scores)
+    finally:
+        detector.close()
+    return dict(clips=clips)
+
+
+def histories(layout: Layout) -> dict:
+    """The loss history of each trainer run, from its newest training state."""
+    import torch
+
+    out = {}
+    for name in ("vae", "syncnet", "unet_stage1", "unet_stage2"):
+        states = sorted((layout.run_dir(name) / "checkpoints").glob("training-state-*.pt"),
+                        key=lambda p: int(p.stem.rsplit("-", 1)[1]))
+        if states:
+            out[name] = torch.load(states[-1], map_location="cpu", weights_only=True).get("history", {})
+    return out
+
+
+def commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+# -- the run -------------------------------------------------------------------------------------
+
+def run(args: argparse.Namespace) -> dict:
+    from benchmarks.learnability_parts.report import summarise, write_report
+
+    plan = PLANS["quick" if args.quick else "full"]
+    layout = Layout(Path(args.work_dir).resolve())
+    layout.root.mkdir(parents=True, exist_ok=True)
+    steps = Steps(layout.root, total=11)
+    t = args.threads
+    steps.run("corpus", lambda: make_corpus(plan, layout, t))
+    for split in SPLITS:
+        steps.run(f"data_{split}", lambda split=split: run_data_pipeline(layout, split, t))
+    whisper = steps.run("whisper", lambda: make_whisper(layout, args.whisper_path))
+    steps.run("vae", lambda: train(layout, "scripts.train_vae", "--config_path", VAE_CONFIG, "vae",
+                                   plan.vae_steps, [f"data.train_data_dir={layout.clips('train')}",
+                                                    *plan.vae_overrides], t))
+    steps.run("syncnet", lambda: train(layout, "scripts.train_syncnet", "--config_path", SYNCNET_CONFIG, "syncnet",
+                                       plan.syncnet_steps, [*data_overrides(layout),
+                                                            f"data.val_data_dir={layout.clips('heldout')}",
+                                                            *plan.syncnet_overrides], t))
+    accuracy = steps.run("syncnet_eval", lambda: evaluate_syncnet(layout, plan))
+    base = unet_overrides(layout, plan, whisper["path"])
+    steps.run("unet_stage1", lambda: train(layout, "scripts.train_unet", "--unet_config_path", UNET_CONFIG,
+                                           "unet_stage1", plan.stage1_steps, base, t))
+    stage2 = [*base, *STAGE2_OVERRIDES,
+              f"ckpt.resume_ckpt_path={layout.checkpoint('unet_stage1', plan.stage1_steps)}"]
+    steps.run("unet_stage2", lambda: train(layout, "scripts.train_unet", "--unet_config_path", UNET_CONFIG,
+                                           "unet_stage2", plan.stage1_steps + plan.stage2_steps, stage2, t))
+    dubs = steps.run("dubs", lambda: dub_all(layout, plan, whisper["path"]))
+    scores = steps.run("score", lambda: score_all(layout, plan, dubs["frames"]))
+    summary = summarise(plan.name, accuracy, scores["clips"], steps.total_seconds(), steps.peak_kb(),
+                        dict(whisper=whisper["kind"], steps={k: v["seconds"] for k, v in steps.done.items()}))
+    command = "python -m benchmarks.learnability " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    path = write_report(layout.report, summary, scores["clips"], steps.done, histories(layout), command, commit())
+    print(f"report: {path}")
+    for name, target in summary["targets"].items():
+        print(f"  {'ok  ' if target['met'] else 'MISS'} {name}: {target['value']:.3f}")
+    return summary
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    torch_threads = str(args.threads)
+    os.environ.setdefault("OMP_NUM_THREADS", torch_threads)
+    try:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        summary = run(args)
+    except StepFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.quick:
+        missed = [name for name, t in summary["targets"].items() if not t["met"] and not name.startswith("minutes")]
+        if missed:
+            print("quick-run trend not met: " + "; ".join(missed), file=sys.stderr)
+            return EXIT_TARGET_MISSED
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""Dubs of held-out clips and their controls, and the scores of every variant.
+
+Held-out clip i (sorted by name) is dubbed with the speech of held-out clip i+1 (the "new"
+sentence, cut to clip i's length so the speech is never longer than the video); the controls are
+the input video unchanged, the model with zeroed audio, the model driven by clip i+2's speech
+(a third sentence) and the truth: clip i's identity and head motion rendered with the new
+sentence's mouth track (latentsync/synthetic/corpus.rerender). Every variant is scored against
+the new sentence: its truth mouth track and its speech. Files per clip in WORK/dubs/<clip>/;
+each finished file (and scores.json) is kept, so an interrupted dubbing step resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+from latentsync.constants import MODEL_FPS, SAMPLE_RATE
+
+VARIANTS = ("dub", "input", "zero_audio", "other_audio", "truth")
+MODEL_VARIANTS = {"dub": "speech.wav", "zero_audio": "zero.wav", "other_audio": "other.wav"}
+
+
+def dub_pairs(rows: list[dict], max_dubs: int) -> list[tuple[dict, dict, dict]]:
+    """(clip, new sentence, third sentence) rows of the held-out clips."""
+    heldout = sorted((r for r in rows if r["split"] == "heldout"), key=lambda r: r["clip"])
+    if len(heldout) < 3:
+        raise ValueError(f"the dubs need at least 3 held-out clips, the corpus has {len(heldout)}")
+    n = len(heldout)
+    return [(heldout[i], heldout[(i + 1) % n], heldout[(i + 2) % n]) for i in range(min(n, max_dubs))]
+
+
+def clip_name(row: dict) -> str:
+    return Path(row["clip"]).stem
+
+
+def _fit(samples: np.ndarray, n: int) -> np.ndarray:
+    return np.pad(samples[:n], (0, max(n - len(samples), 0))).astype(np.float32)
+
+
+def prepare_inputs(corpus: Path, folder: Path, clip: dict, new: dict, third: dict) -> int:
+    """speech.wav (new sentence cut to the clip), zero.wav, other.wav (third sentence, same
+    length) and truth.mp4 in `folder`; returns the number of output frames."""
+    from latentsync.audio import load_audio
+    from latentsync.synthetic.corpus import rerender
+    from latentsync.synthetic.visemes import fit_track, read_track_csv
+    from latentsync.video import write_audio_wav
+
+    folder.mkdir(parents=True, exist_ok=True)
+    per_frame = SAMPLE_RATE // MODEL_FPS
+    speech = load_audio(corpus / new["wav"])[:int(clip["n_frames"]) * per_frame]
+    n_out = math.ceil(len(speech) * MODEL_FPS / SAMPLE_RATE)
+    for name, samples in (("speech.wav", speech), ("zero.wav", np.zeros_like(speech)),
+                          ("other.wav", _fit(load_audio(corpus / third["wav"]), len(speech)))):
+        if not (folder / name).exists():
+            write_audio_wav(folder / name, samples, SAMPLE_RATE)
+    if not (folder / "truth.mp4").exists():
+        track = fit_track(read_track_csv(corpus / new["mouth"]), n_out)
+        rerender(corpus, clip, track, folder / "truth.mp4")
+    return n_out
+
+
+def make_dubs(pipeline, options, corpus: Path, folder: Path, clip: dict) -> None:
+    """The model's three outputs for one clip (skipped where the file exists)."""
+    for variant, wav in MODEL_VARIANTS.items():
+        out = folder / f"{variant}.mp4"
+        if out.exists():
+            continue
+        temp = folder / f".{variant}.partial.mp4"
+        pipeline(str(corpus / clip["clip"]), str(folder / wav), str(temp), options)
+        os.replace(temp, out)
+
+
+def read_all(path: Path, limit: int) -> np.ndarray:
+    """The first `limit` frames (uint8 RGB) of a video at the model's frame rate."""
+    from latentsync.video import iter_frames
+
+    chunks, count = [], 0
+    for chunk in iter_frames(path, fps=MODEL_FPS):
+        chunks.append(chunk)
+        count += len(chunk)
+        if count >= limit:
+            break
+    return np.concatenate(chunks)[:limit]
+
+
+def score_clip(corpus: Path, folder: Path, clip: dict, new: dict, n_out: int, syncnet, syncnet_config,
+               detector) -> dict:
+    """Scores of every variant of one clip against the new sentence (cached in scores.json)."""
+    from benchmarks.learnability_parts import scoring
+    from latentsync.audio import load_audio
+    from latentsync.synthetic.visemes import OPEN, fit_track, read_track_csv
+
+    cached = folder / "scores.json"
+    if cached.exists():
+        return json.loads(cached.read_text())
+    truth_track = fit_track(read_track_csv(corpus / new["mouth"]), n_out)[:, OPEN]
+    speech = load_audio(folder / "speech.wav")
+    sources = {"input": corpus / clip["clip"], "truth": folder / "truth.mp4",
+               **{v: folder / f"{v}.mp4" for v in MODEL_VARIANTS}}
+    truth_frames = read_all(sources["truth"], n_out)
+    boxes = scoring.mouth_boxes(truth_frames, detector)
+    scores = dict(clip=clip_name(clip), new_sentence=clip_name(new), frames=n_out)
+    for variant in VARIANTS:
+        frames = read_all(sources[variant], n_out)
+        opening, faces = scoring.face_pass(frames, int(syncnet_config.data.resolution), detector)
+        sync = scoring.sync_scores(syncnet, faces, speech, syncnet_config)
+        ssim, psnr = scoring.mouth_similarity(frames, truth_frames, boxes)
+        scores[variant] = dict(mouth_correlation=scoring.correlation(opening, truth_track),
+                               lse_c=sync["lse_c"], lse_d=sync["lse_d"], offset=sync["offset"],
+                               mouth_ssim=ssim, mouth_psnr=psnr,
+                               opening=[None if not np.isfinite(x) else round(float(x), 4) for x in opening])
+    scores["truth_track"] = [round(float(x), 4) for x in truth_track]
+    temp = cached.with_name(".scores.json.partial")
+    temp.write_text(json.dumps(scores))
+    os.replace(temp, cached)
+    return scores

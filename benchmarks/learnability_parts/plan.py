@@ -1,0 +1,110 @@
+"""What the learnability benchmark trains and how big: the full run and the --quick run.
+
+The model sizes, learning rates and default step counts live in configs/*/learnability.yaml (the
+full run). The quick run only overrides counts (clips, steps, samples) on the trainers' command
+lines, so both runs train the same models with the same trainers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+VAE_CONFIG = REPO / "configs/vae/learnability.yaml"
+SYNCNET_CONFIG = REPO / "configs/syncnet/learnability.yaml"
+UNET_CONFIG = REPO / "configs/unet/learnability.yaml"
+REAL_WHISPER = REPO / "checkpoints/whisper/tiny.pt"
+# stage 2 (configs/unet/learnability.yaml says the same): motion modules on, pixel-space losses,
+# the benchmark's SyncNet as a loss, only the motion modules and attentions trained
+STAGE2_OVERRIDES = ["model.use_motion_module=true", "run.pixel_space_supervise=true", "run.use_syncnet=true",
+                    "run.sync_loss_weight=0.05", "run.trainable_modules=[motion_modules.,attentions.]"]
+# OpenAI Whisper tiny's shape (384-d features); used for a seeded random encoder when the real
+# checkpoint is absent (it cannot be downloaded here)
+WHISPER_TINY_DIMS = dict(n_mels=80, n_audio_ctx=1500, n_audio_state=384, n_audio_head=6, n_audio_layer=4,
+                         n_vocab=51865, n_text_ctx=448, n_text_state=384, n_text_head=6, n_text_layer=1)
+
+
+@dataclass
+class Plan:
+    """Counts of one benchmark run."""
+
+    name: str
+    num_clips: int
+    heldout_fraction: float
+    min_seconds: float
+    size: int
+    vae_steps: int
+    syncnet_steps: int
+    stage1_steps: int
+    stage2_steps: int
+    syncnet_eval_samples: int
+    inference_steps: int
+    max_dubs: int  # held-out clips dubbed (all of them when larger)
+    vae_overrides: list[str] = field(default_factory=list)
+    syncnet_overrides: list[str] = field(default_factory=list)
+    unet_overrides: list[str] = field(default_factory=list)
+
+
+FULL = Plan(name="full", num_clips=60, heldout_fraction=0.2, min_seconds=5.0, size=256,
+            vae_steps=300, syncnet_steps=600, stage1_steps=600, stage2_steps=200,
+            syncnet_eval_samples=1024, inference_steps=20, max_dubs=12)
+QUICK = Plan(name="quick", num_clips=12, heldout_fraction=0.25, min_seconds=5.0, size=256,
+             vae_steps=60, syncnet_steps=200, stage1_steps=200, stage2_steps=40,
+             syncnet_eval_samples=256, inference_steps=10, max_dubs=3,
+             vae_overrides=["latents.scale_samples=128", "data.num_val_frames=16", "ckpt.save_ckpt_steps=30"],
+             syncnet_overrides=["data.num_val_samples=64", "run.validation_steps=50", "ckpt.save_ckpt_steps=100"],
+             unet_overrides=["run.validation_steps=1000000", "ckpt.save_ckpt_steps=100"])
+PLANS = {"full": FULL, "quick": QUICK}
+
+
+@dataclass
+class Layout:
+    """Where each step writes under the work folder."""
+
+    root: Path
+
+    @property
+    def corpus(self) -> Path:
+        return self.root / "corpus"
+
+    def data(self, split: str) -> Path:
+        return self.root / "data" / split
+
+    def clips(self, split: str) -> Path:
+        """The data pipeline's final clips of one corpus split."""
+        return self.data(split) / "high_visual_quality"
+
+    @property
+    def whisper(self) -> Path:
+        return self.root / "whisper" / "tiny.pt"
+
+    @property
+    def runs(self) -> Path:
+        return self.root / "runs"
+
+    def run_dir(self, name: str) -> Path:
+        return self.runs / name
+
+    def checkpoint(self, name: str, step: int) -> Path:
+        return self.run_dir(name) / "checkpoints" / f"checkpoint-{step}.pt"
+
+    @property
+    def vae(self) -> Path:
+        return self.run_dir("vae") / "vae"
+
+    @property
+    def cache(self) -> Path:
+        return self.root / "cache"
+
+    @property
+    def dubs(self) -> Path:
+        return self.root / "dubs"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"

@@ -1,0 +1,96 @@
+"""Resumable steps: each finished step is recorded in WORK/steps.json (with its seconds and the
+peak memory so far); a re-run skips recorded steps, and an interrupted training step continues
+from its trainer's own training state (the trainers resume exactly).
+
+Heavy work runs in child processes (`python -m scripts...`), whose output goes to
+WORK/logs/<step>.log; lines that report progress (validation, checkpoints, errors) are echoed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+from benchmarks.learnability_parts.plan import REPO
+
+STEPS_FILE = "steps.json"
+ECHO_MARKERS = ("step ", "error", "Error", "clips", "finished", "Traceback")
+QUIET_ENV = {"GLOG_minloglevel": "2", "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONWARNINGS": "ignore"}
+
+
+class StepFailed(RuntimeError):
+    """A step's child process failed; the message names its log."""
+
+
+def peak_rss_kb() -> int:
+    """Peak resident memory in KiB of this process (VmHWM) and of its finished children (their
+    ru_maxrss; a child's value can include this process's size when it forked, which VmHWM
+    already bounds, so the maximum is the peak of any one process of the run)."""
+    with open("/proc/self/status") as f:
+        own = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    return max(own, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+
+
+class Steps:
+    """The record of finished steps of one work folder."""
+
+    def __init__(self, root: Path, total: int):
+        self.root, self.total, self.index = root, total, 0
+        self.path = root / STEPS_FILE
+        self.done = json.loads(self.path.read_text()) if self.path.exists() else {}
+
+    def run(self, name: str, action: Callable[[], dict | None]) -> dict:
+        """Run `action` unless `name` is recorded; record its seconds, peak memory and result."""
+        self.index += 1
+        head = f"[{self.index}/{self.total}] {name}"
+        if name in self.done:
+            print(f"{head}: done earlier ({self.done[name]['seconds']:.0f} s), skipped", flush=True)
+            return self.done[name].get("result") or {}
+        print(f"{head} ...", flush=True)
+        start = time.time()
+        result = action() or {}
+        seconds = time.time() - start
+        self.done[name] = dict(seconds=round(seconds, 1), peak_rss_kb=peak_rss_kb(), result=result)
+        temp = self.path.with_name(f".{STEPS_FILE}.partial")
+        temp.write_text(json.dumps(self.done, indent=1))
+        os.replace(temp, self.path)
+        print(f"{head}: finished in {seconds:.0f} s", flush=True)
+        return result
+
+    def total_seconds(self) -> float:
+        return sum(entry["seconds"] for entry in self.done.values())
+
+    def peak_kb(self) -> int:
+        return max([entry["peak_rss_kb"] for entry in self.done.values()] + [peak_rss_kb()])
+
+
+def run_module(module: str, args: list[str], log_path: Path, threads: int) -> None:
+    """`python -m module args` from the repository root with `threads` CPU threads; its output
+    goes to `log_path` (progress lines echoed). StepFailed with the log's last lines on failure."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, **QUIET_ENV, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    command = [sys.executable, "-m", module, *[str(a) for a in args]]
+    with open(log_path, "a", encoding="utf-8") as log:
+        log.write("$ " + " ".join(command) + "\n")
+        log.flush()
+        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   text=True, errors="replace")
+        try:
+            for line in process.stdout:
+                log.write(line)
+                if any(marker in line for marker in ECHO_MARKERS) and "Warning" not in line:
+                    print("    " + line.rstrip()[-160:], flush=True)
+            code = process.wait()
+        except BaseException:
+            process.terminate()
+            process.wait()
+            raise
+    if code != 0:
+        tail = log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-8:]
+        raise StepFailed(f"{module} failed (exit code {code}); see {log_path}:\n" + "\n".join(tail))

@@ -1,0 +1,331 @@
+"""Speed of the inference presets against the reference settings, in one process and one run.
+
+    .venv/bin/python benchmarks/speed.py [--quick] [--frames 16] [--no_write]
+
+Runs the whole pipeline (face pass, VAE, UNet, paste-back, encoding) on the same short clip cut
+from assets/demo1_video.mp4 with the reference settings (DDIM 20 steps, fp32, no cache) and each
+preset of `--preset` (latentsync/pipelines/options.py), and reports per run: seconds per output
+frame end to end, seconds per stage, peak RSS, and the distance of the generated mouth region from
+the reference settings' output (mean absolute difference and PSNR over the area the mask
+regenerates, on the aligned 256 px faces). Then it times one guided UNet call under each CPU
+kernel option (fp32, bf16 autocast, int8 Linear layers, channels_last) with its error against fp32.
+
+Models: the stage2 layout (configs/unet/stage2.yaml, 256 px) and an SD-sized VAE with random
+weights, as benchmarks/inference_cpu.py uses; `--quick` narrows both (UNet widths 64..256, VAE
+64..256) so a run fits minutes on a 2-core CPU. The audio features come from the tiny random
+Whisper of scripts/make_tiny_checkpoints.py (64-d, so the UNet's cross_attention_dim is 64).
+Trained models do not exist yet, so quality is reported as distance from the reference settings.
+
+Writes docs/benchmarks/speed.md and docs/benchmarks/speed.json (unless --no_write).
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from latentsync.pipelines.options import PRESETS, LipsyncOptions, preset_options  # noqa: E402
+
+MEDIA = REPO / "assets"
+OUT_DIR = REPO / "docs" / "benchmarks"
+REFERENCE_NAME = "reference"
+REFERENCE_SETTINGS = dict(scheduler="ddim", inference_steps=20, enable_deepcache=False, autocast="off",
+                          cpu_kernels="none")
+STAGES = ("face_pass", "encode", "denoise", "decode")  # pipeline methods timed; the rest is paste + encode + mux
+SD_VAE = dict(block_out_channels=[128, 256, 512, 512], down_block_types=["DownEncoderBlock2D"] * 4,
+              up_block_types=["UpDecoderBlock2D"] * 4, layers_per_block=2, latent_channels=4, sample_size=512)
+QUICK_UNET_WIDTHS = [64, 128, 256, 256]
+QUICK_VAE_WIDTHS = [64, 128, 256, 256]
+CLIP_SIZE = "540:960"  # demo1 scaled 1/2: keeps the face, 4x fewer pixels to decode and encode
+KERNEL_OPTIONS = [("fp32", dict()), ("bf16 autocast", dict(autocast="bf16")), ("int8", dict(cpu_kernels="int8")),
+                  ("channels_last", dict(cpu_kernels="channels_last")),
+                  ("int8+channels_last", dict(cpu_kernels="int8+channels_last"))]
+
+
+# -- set-up --------------------------------------------------------------------------------------
+
+def make_clip(tmp: Path, frames: int) -> tuple[Path, Path]:
+    """The first `frames` frames of demo1 (25 fps, 540x960) and as much of demo1's speech."""
+    import soundfile
+
+    from latentsync.constants import MODEL_FPS, SAMPLE_RATE
+    from latentsync.video import ffmpeg_exe
+
+    video, audio = tmp / "clip.mp4", tmp / "clip.wav"
+    subprocess.run([ffmpeg_exe(), "-loglevel", "error", "-y", "-i", str(MEDIA / "demo1_video.mp4"), "-frames:v",
+                    str(frames), "-vf", f"fps={MODEL_FPS},scale={CLIP_SIZE}", "-an", "-c:v", "libx264", "-crf", "12",
+                    str(video)], check=True)
+    wav, sr = soundfile.read(MEDIA / "demo1_audio.wav", dtype="float32")
+    assert sr == SAMPLE_RATE, sr
+    soundfile.write(audio, wav[: frames * SAMPLE_RATE // MODEL_FPS], sr)
+    return video, audio
+
+
+def build_pipeline(quick: bool, tmp: Path):
+    """LipsyncPipeline with random-weight stage2-layout models (narrowed with --quick) on the CPU."""
+    from diffusers import AutoencoderKL
+    from omegaconf import OmegaConf
+
+    from latentsync.audio import AudioEncoder
+    from latentsync.face.detectors import make_face_detector
+    from latentsync.models import UNet3DConditionModel
+    from latentsync.pipelines.lipsync_pipeline import LipsyncPipeline
+    from latentsync.schedulers import make_scheduler
+    from scripts.make_tiny_checkpoints import make_tiny_checkpoints
+
+    tiny = make_tiny_checkpoints(tmp / "tiny")
+    encoder = AudioEncoder(tiny / "whisper/tiny.pt", device="cpu")
+    config = OmegaConf.load(REPO / "configs/unet/stage2.yaml")
+    model = OmegaConf.to_container(config.model)
+    model["cross_attention_dim"] = encoder.dim
+    vae_config = dict(SD_VAE)
+    if quick:
+        model["block_out_channels"] = QUICK_UNET_WIDTHS
+        vae_config["block_out_channels"] = QUICK_VAE_WIDTHS
+    torch.manual_seed(0)
+    unet = UNet3DConditionModel.from_config(model).eval()
+    vae = AutoencoderKL(**vae_config).eval()
+    return LipsyncPipeline(vae=vae, unet=unet, scheduler=make_scheduler(), audio_encoder=encoder,
+                           face_detector=make_face_detector("mediapipe"), resolution=int(config.data.resolution))
+
+
+# -- measuring -----------------------------------------------------------------------------------
+
+class StageTimer:
+    """Wall time spent in some of the pipeline's methods (wrapped on the instance, so nothing else changes)."""
+
+    def __init__(self, pipe, names=STAGES):
+        self.seconds = dict.fromkeys(names, 0.0)
+        for name in names:
+            setattr(pipe, name, self._timed(name, getattr(pipe, name)))
+
+    def _timed(self, name, method):
+        def wrapper(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                self.seconds[name] += time.perf_counter() - start
+        return wrapper
+
+    def reset(self) -> None:
+        self.seconds = dict.fromkeys(self.seconds, 0.0)
+
+
+class FaceRecorder:
+    """Keeps the generated faces of each output frame (wraps pipe.generate_segment)."""
+
+    def __init__(self, pipe):
+        self.faces: dict[int, np.ndarray] = {}
+        method = pipe.generate_segment
+
+        def wrapper(track, sources, frames, *args, **kwargs):
+            faces = method(track, sources, frames, *args, **kwargs)
+            self.faces.update({j: face.astype(np.float32) for j, face in zip(frames, faces)})
+            return faces
+
+        pipe.generate_segment = wrapper
+
+
+def reset_peak_rss() -> bool:
+    """Restart VmHWM from the current RSS (Linux: writing 5 to clear_refs); False where not possible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+
+
+def mouth_distance(faces: dict, reference: dict, mask: np.ndarray) -> dict:
+    """Mean absolute difference (0..255 scale) and PSNR (dB) over the regenerated face area."""
+    region = mask < 0.5  # the mask keeps 1 = original pixels
+    diffs = np.concatenate([(faces[j] - reference[j])[region].ravel() for j in sorted(reference)]) * 127.5
+    mse = float(np.mean(diffs ** 2))
+    psnr = None if mse == 0 else float(10 * np.log10(255.0 ** 2 / mse))  # None: identical
+    return dict(mouth_mae=float(np.mean(np.abs(diffs))), mouth_psnr_db=psnr)
+
+
+def run_settings(pipe, timer, recorder, video, audio, out: Path, opts: LipsyncOptions) -> dict:
+    """One whole pipeline call: timings, peak RSS and the generated faces."""
+    timer.reset()
+    recorder.faces = {}
+    rss_reset = reset_peak_rss()
+    start = time.perf_counter()
+    result = pipe(video, audio, out, opts)
+    total = time.perf_counter() - start
+    stages = dict(timer.seconds)
+    stages["paste_write_mux"] = total - sum(stages.values())
+    return dict(seconds=total, seconds_per_frame=total / result.num_frames, frames=result.num_frames,
+                stages={k: round(v, 2) for k, v in stages.items()}, peak_rss_mb=round(peak_rss_mb(), 1),
+                peak_rss_is_per_run=rss_reset, options={k: getattr(opts, k) for k in REFERENCE_SETTINGS},
+                faces=recorder.faces)
+
+
+def kernel_table(pipe, frames: int, repeats: int = 2) -> list[dict]:
+    """One guided UNet call (2 x `frames` frames) per CPU kernel option: seconds and error vs fp32."""
+    from latentsync.device import autocast_dtype
+
+    size = pipe.resolution // 8
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 13, frames, size, size, generator=generator)
+    audio = torch.randn(2 * frames, 50, pipe.unet.config.cross_attention_dim, generator=generator)
+    rows, reference = [], None
+    for name, values in KERNEL_OPTIONS:
+        opts = LipsyncOptions(**values)
+        if values.get("autocast") and autocast_dtype(values["autocast"], pipe.unet.device) is None:
+            rows.append(dict(option=name, seconds=None, max_abs_error=None, note="not native here: falls back to fp32"))
+            continue
+        with torch.no_grad(), pipe.accelerator.apply(opts) as runtime:
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                with runtime.cast():
+                    out = runtime.unet(x, 500, encoder_hidden_states=audio).sample.float()
+                times.append(time.perf_counter() - start)
+        reference = out if reference is None else reference
+        error = (out - reference).abs()
+        rows.append(dict(option=name, seconds=round(min(times), 3), max_abs_error=float(error.max()),
+                         mean_abs_error=float(error.mean()), output_mean_abs=float(reference.abs().mean())))
+    return rows
+
+
+# -- reporting -----------------------------------------------------------------------------------
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def environment() -> dict:
+    from latentsync.device import cpu_capability, native_cpu_dtype
+
+    return dict(date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                commit=git_commit(), torch=torch.__version__, threads=torch.get_num_threads(),
+                cpu=platform.processor() or platform.machine(), cpu_capability=cpu_capability(),
+                native_bf16=native_cpu_dtype(torch.bfloat16), cores=os.cpu_count())
+
+
+def table(runs: dict) -> str:
+    head = (f"| settings | s/frame | speedup | face | VAE enc | UNet | VAE dec | paste+write | peak RSS MB | "
+            f"mouth MAE | mouth PSNR dB |\n|{'---|' * 11}")
+    lines = [head]
+    for name, r in runs.items():
+        s = r["stages"]
+        lines.append(f"| {name} | {r['seconds_per_frame']:.2f} | {r['speedup']:.2f}x | {s['face_pass']:.1f} | "
+                     f"{s['encode']:.1f} | {s['denoise']:.1f} | {s['decode']:.1f} | {s['paste_write_mux']:.1f} | "
+                     f"{r['peak_rss_mb']:.0f} | {r['mouth_mae']:.2f} | {_db(r['mouth_psnr_db'])} |")
+    return "\n".join(lines)
+
+
+def _db(value) -> str:
+    return "identical" if value is None else f"{value:.1f}"
+
+
+def kernel_markdown(rows: list[dict]) -> str:
+    lines = ["| UNet call | seconds | max abs error vs fp32 | mean abs error (output mean abs) |", "|---|---|---|---|"]
+    for r in rows:
+        if r["seconds"] is None:
+            lines.append(f"| {r['option']} | - | - | {r['note']} |")
+        else:
+            lines.append(f"| {r['option']} | {r['seconds']:.2f} | {r['max_abs_error']:.4f} | "
+                         f"{r['mean_abs_error']:.5f} ({r['output_mean_abs']:.3f}) |")
+    return "\n".join(lines)
+
+
+def settings_lines(runs: dict) -> str:
+    return "\n".join(f"- {name}: " + ", ".join(f"{k} {v}" for k, v in r["options"].items()) for name, r in runs.items())
+
+
+def write_reports(report: dict, command: str) -> None:
+    env, runs = report["environment"], report["runs"]
+    md = f"""# Inference speed: presets against the reference settings
+
+Command: `{command}` at commit {env['commit']}, {env['date']}; torch {env['torch']}, {env['threads']} threads,
+{env['cores']}-core {env['cpu']} CPU, capability {env['cpu_capability']}, native bf16: {env['native_bf16']}
+(shared with other jobs, so timings are noisy). Model: {report['model']}; clip: {report['clip']}.
+
+{table(runs)}
+
+Seconds per output frame are end to end (face pass, VAE, UNet, paste-back, encoding, mux); stage
+columns are seconds for the whole clip. Mouth MAE (0..255) and PSNR compare each run's generated
+faces with the reference settings' inside the regenerated (mask) area. The weights are random, so
+these distances show how far a preset's sampling drifts from DDIM-20, not lip-sync quality.
+
+Settings:
+{settings_lines(runs)}
+
+One guided UNet call ({report['kernel_frames']} frames x 2) per CPU kernel option, error against fp32:
+
+{kernel_markdown(report['kernels'])}
+"""
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    for name, text in (("speed.md", md), ("speed.json", json.dumps(report, indent=1) + "\n")):
+        tmp = OUT_DIR / f".{name}.partial"
+        tmp.write_text(text)
+        os.replace(tmp, OUT_DIR / name)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="narrow models (minutes instead of an hour)")
+    parser.add_argument("--frames", type=int, default=16, help="clip length in frames (16 = one segment)")
+    parser.add_argument("--presets", nargs="+", default=list(PRESETS), choices=list(PRESETS))
+    parser.add_argument("--no_write", action="store_true", help="print only; leave docs/benchmarks alone")
+    args = parser.parse_args(argv)
+    command = "python benchmarks/speed.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    report = dict(environment=environment(), clip=f"demo1, first {args.frames} frames at {CLIP_SIZE}",
+                  model=("stage2 layout narrowed to " + str(QUICK_UNET_WIDTHS) + ", VAE " + str(QUICK_VAE_WIDTHS)
+                         if args.quick else "stage2 layout (320..1280), SD-sized VAE") + ", random weights")
+    print(json.dumps(report["environment"]))
+    with tempfile.TemporaryDirectory(prefix="speed-") as tmp:
+        tmp = Path(tmp)
+        video, audio = make_clip(tmp, args.frames)
+        pipe = build_pipeline(args.quick, tmp)
+        timer, recorder = StageTimer(pipe), FaceRecorder(pipe)
+        settings = {REFERENCE_NAME: LipsyncOptions(**REFERENCE_SETTINGS, show_progress=False)}
+        settings.update({name: preset_options(name, show_progress=False) for name in args.presets})
+        runs = {}
+        for name, opts in settings.items():
+            runs[name] = run_settings(pipe, timer, recorder, video, audio, tmp / f"{name}.mp4", opts)
+            print(f"{name}: {runs[name]['seconds_per_frame']:.2f} s/frame, stages {runs[name]['stages']}", flush=True)
+        reference = runs[REFERENCE_NAME]
+        reference_faces = reference.pop("faces")
+        for r in runs.values():
+            faces = reference_faces if r is reference else r.pop("faces")
+            r["speedup"] = reference["seconds_per_frame"] / r["seconds_per_frame"]
+            r.update(mouth_distance(faces, reference_faces, pipe.mask))
+        report["runs"] = runs
+        report["kernel_frames"] = LipsyncOptions().num_frames
+        report["kernels"] = kernel_table(pipe, report["kernel_frames"])
+    print()
+    print(table(runs))
+    print()
+    print(kernel_markdown(report["kernels"]))
+    if not args.no_write:
+        write_reports(report, command)
+        print(f"\nwrote {OUT_DIR / 'speed.md'} and {OUT_DIR / 'speed.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
