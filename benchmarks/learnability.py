@@ -231,8 +231,9 @@ def run(args: argparse.Namespace) -> dict:
                                            "unet_stage2", plan.stage1_steps + plan.stage2_steps, stage2, t))
     dubs = steps.run("dubs", lambda: dub_all(layout, plan, whisper["path"]))
     scores = steps.run("score", lambda: score_all(layout, plan, dubs["frames"]))
-    summary = summarise(plan.name, accuracy, scores["clips"], steps.total_seconds(), steps.peak_kb(),
-                        dict(whisper=whisper["kind"], steps={k: v["seconds"] for k, v in steps.done.items()}))
+    extra = dict(whisper=whisper["kind"], cpu_minutes=round(steps.total_cpu_seconds() / 60, 2),
+                 steps={k: v["seconds"] for k, v in steps.done.items()})
+    summary = summarise(plan.name, accuracy, scores["clips"], steps.total_seconds(), steps.peak_kb(), extra)
     command = "python -m benchmarks.learnability " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     path = write_report(layout.report, summary, scores["clips"], steps.done, histories(layout), command, commit())
     print(f"report: {path}")

@@ -88,7 +88,8 @@ def markdown(summary: dict, clips: list[dict], steps: dict, command: str, commit
     lines = [f"# Learnability benchmark ({summary['mode']} run)", "",
              f"Command: `{command}`  ", f"Commit: `{commit}`  ",
              f"Whisper: {summary.get('whisper')}  ",
-             f"Total time: {summary['minutes']:.1f} min, peak memory (RSS): {summary['peak_rss_gb']:.2f} GB", "",
+             f"Total time: {summary['minutes']:.1f} min wall, {summary.get('cpu_minutes', float('nan')):.1f} min CPU; "
+             f"peak memory (RSS): {summary['peak_rss_gb']:.2f} GB", "",
              f"Held-out SyncNet accuracy (balanced): **{summary['syncnet_heldout_accuracy']:.3f}** "
              f"(in sync {summary['syncnet_in_sync_accuracy']:.3f}, shifted {summary['syncnet_shifted_accuracy']:.3f})", "",
              f"Dubs of {len(clips)} held-out clips, each scored against the new sentence (means over clips):", "",
@@ -99,9 +100,11 @@ def markdown(summary: dict, clips: list[dict], steps: dict, command: str, commit
     lines += ["", "Targets:", "", "| target | measured | met |", "|---|---|---|"]
     for name, t in summary["targets"].items():
         lines.append(f"| {name} | {t['value']:.3f} | {'yes' if t['met'] else 'NO'} |")
-    lines += ["", "Steps (seconds):", "", "| step | seconds | peak RSS GB so far |", "|---|---|---|"]
+    lines += ["", "Steps (wall seconds; CPU seconds of all processes, which do not depend on how busy the "
+                  "machine was):", "", "| step | wall s | CPU s | peak RSS GB so far |", "|---|---|---|---|"]
     for name, entry in steps.items():
-        lines.append(f"| {name} | {entry['seconds']:.0f} | {entry['peak_rss_kb'] / 2 ** 20:.2f} |")
+        lines.append(f"| {name} | {entry['seconds']:.0f} | {entry.get('cpu_seconds', float('nan')):.0f} | "
+                     f"{entry['peak_rss_kb'] / 2 ** 20:.2f} |")
     lines += ["", "Per clip (mouth-opening correlation, dub / zero audio / third audio / input / truth):", ""]
     for c in clips:
         lines.append(f"- {c['clip']} dubbed with {c['new_sentence']}: " +

@@ -37,6 +37,13 @@ def peak_rss_kb() -> int:
     return max(own, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
 
 
+def cpu_seconds() -> float:
+    """CPU time (user + system) of this process and its finished children: on a shared machine
+    it says how much work a step is, where its wall time also says how busy the machine was."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 class Steps:
     """The record of finished steps of one work folder."""
 
@@ -53,10 +60,11 @@ class Steps:
             print(f"{head}: done earlier ({self.done[name]['seconds']:.0f} s), skipped", flush=True)
             return self.done[name].get("result") or {}
         print(f"{head} ...", flush=True)
-        start = time.time()
+        start, cpu_start = time.time(), cpu_seconds()
         result = action() or {}
         seconds = time.time() - start
-        self.done[name] = dict(seconds=round(seconds, 1), peak_rss_kb=peak_rss_kb(), result=result)
+        self.done[name] = dict(seconds=round(seconds, 1), cpu_seconds=round(cpu_seconds() - cpu_start, 1),
+                               peak_rss_kb=peak_rss_kb(), result=result)
         temp = self.path.with_name(f".{STEPS_FILE}.partial")
         temp.write_text(json.dumps(self.done, indent=1))
         os.replace(temp, self.path)
@@ -65,6 +73,9 @@ class Steps:
 
     def total_seconds(self) -> float:
         return sum(entry["seconds"] for entry in self.done.values())
+
+    def total_cpu_seconds(self) -> float:
+        return sum(entry.get("cpu_seconds", 0.0) for entry in self.done.values())
 
     def peak_kb(self) -> int:
         return max([entry["peak_rss_kb"] for entry in self.done.values()] + [peak_rss_kb()])
