@@ -42,14 +42,13 @@ from latentsync.pipelines.frame_store import FrameStore
 from latentsync.pipelines.options import LipsyncOptions, check_options
 from latentsync.pipelines.results import FACES, SEGMENTS, WRITING, LipsyncResult, Progress, ProgressCallback
 from latentsync.pipelines.segments import Segment, plan_segments, source_index
+from latentsync.models.vae import latent_scale_shift
 from latentsync.schedulers import make_sampler
 from latentsync.vad import mute_silence, speech_frames
 from latentsync.video import VideoWriter, count_frames, iter_frames, mux_audio, probe_video
 
 __all__ = ["LipsyncPipeline", "LipsyncOptions", "LipsyncResult", "Progress", "plan_segments", "source_index"]
 
-VAE_SCALING = 0.18215  # the reference overrides the VAE config with these
-VAE_SHIFT = 0.0
 VAE_BATCH = 4  # frames per VAE decode call: the VAE works frame by frame, so this only bounds peak memory
 ENCODE_BATCH = 2 * VAE_BATCH  # masked and reference faces go through the encoder together
 FRAME_CHUNK = 16  # frames decoded per read of the input video
@@ -254,7 +253,8 @@ class LipsyncPipeline(DiffusionPipeline):
         return noise * self.scheduler.init_noise_sigma
 
     def encode(self, pixels: torch.Tensor, generator, runtime: Runtime | None = None, groups: int = 1) -> torch.Tensor:
-        """VAE posterior *sample* (as the reference) x 0.18215 -> [1, 4, f, h, w].
+        """VAE posterior *sample* (as the reference), shifted and scaled by the VAE's own config
+        (`scaling_factor` 0.18215 for SD's VAE) -> [1, 4, f, h, w].
 
         `pixels` may hold `groups` equal-length image sets (masked and reference faces go through the
         encoder together); the posterior noise is drawn per set, as separate calls would draw it.
@@ -266,11 +266,13 @@ class LipsyncPipeline(DiffusionPipeline):
         mean = torch.cat([m.mean for m in moments]).float()
         std = torch.cat([m.std for m in moments]).float()
         eps = torch.cat([torch.randn(part.shape, generator=generator) for part in mean.chunk(groups)]).to(vae.device)
-        latents = (mean + std * eps - VAE_SHIFT) * VAE_SCALING
+        scale, shift = latent_scale_shift(vae)
+        latents = (mean + std * eps - shift) * scale
         return latents.permute(1, 0, 2, 3)[None].to(self.unet.dtype)
 
     def decode(self, latents: torch.Tensor, runtime: Runtime | None = None) -> torch.Tensor:
-        latents = latents[0].permute(1, 0, 2, 3) / VAE_SCALING + VAE_SHIFT
+        scale, shift = latent_scale_shift(self.vae)
+        latents = latents[0].permute(1, 0, 2, 3) / scale + shift
         with _cast(runtime):
             return torch.cat([self.vae.decode(chunk.to(self.vae.dtype)).sample.float().cpu()
                               for chunk in latents.split(VAE_BATCH)])

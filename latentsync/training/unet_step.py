@@ -16,8 +16,8 @@ from omegaconf import DictConfig
 from latentsync.losses.lpips_loss import lower_half_lpips
 from latentsync.losses.noise import mixed_noise, one_step_x0
 from latentsync.models.stable_syncnet import sync_loss
+from latentsync.models.vae import latent_scale_shift
 
-VAE_SCALING = 0.18215  # the reference's latent scale (overrides the VAE config)
 LOSS_TERMS = ("recon", "sync", "lpips", "trepa")
 WEIGHT_KEYS = {"recon": "recon_loss_weight", "sync": "sync_loss_weight", "lpips": "perceptual_loss_weight",
                "trepa": "trepa_loss_weight"}
@@ -69,16 +69,19 @@ class StepSettings:
 
 
 def vae_encode(vae, pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Frames `[B, F, 3, H, W]` -> posterior samples x 0.18215 as `[B, 4, F, h, w]` (fp32)."""
+    """Frames `[B, F, 3, H, W]` -> posterior samples, shifted and scaled by the VAE's own config
+    (0.18215 for SD's VAE), as `[B, 4, F, h, w]` (fp32)."""
     batch = pixels.shape[0]
+    scale, shift = latent_scale_shift(vae)
     flat = rearrange(pixels, "b f c h w -> (b f) c h w").to(vae.device, vae.dtype)
-    latents = vae.encode(flat).latent_dist.sample(generator=generator) * VAE_SCALING
+    latents = (vae.encode(flat).latent_dist.sample(generator=generator) - shift) * scale
     return rearrange(latents.float(), "(b f) c h w -> b c f h w", b=batch)
 
 
 def vae_decode(vae, latents: torch.Tensor) -> torch.Tensor:
     """Latents `[B, 4, F, h, w]` -> frames `[(B F), 3, H, W]` (with gradients)."""
-    flat = rearrange(latents, "b c f h w -> (b f) c h w") / VAE_SCALING
+    scale, shift = latent_scale_shift(vae)
+    flat = rearrange(latents, "b c f h w -> (b f) c h w") / scale + shift
     return vae.decode(flat.to(vae.dtype)).sample
 
 
