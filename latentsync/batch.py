@@ -19,7 +19,7 @@ from pathlib import Path
 from latentsync.checkpoints import CHECKPOINTS_DIR
 from latentsync.errors import EXIT_USER_ERROR, UserError
 from latentsync.jobs import job_options, load_pipeline, run_dub
-from latentsync.pipelines.options import option_fields
+from latentsync.pipelines.options import option_values_from_args
 from latentsync.ray_utils import cluster_gpus, init_ray
 
 logger = logging.getLogger(__name__)
@@ -114,8 +114,7 @@ def _for_task(model: ModelFiles, gpus: float) -> ModelFiles:
 
 def run_from_args(rows: list[tuple[str, str, str]], args: argparse.Namespace) -> int:
     """`inference.sh --batch_csv ... --ray_address ...`: the CLI's flags -> run_batch, one line per row."""
-    options = {f.name: getattr(args, f.name) for f in option_fields()
-               if f.metadata["cli"] and hasattr(args, f.name)}
+    options = option_values_from_args(args)  # the option flags, --preset expanded
     model = ModelFiles(str(args.unet_config_path), str(args.inference_ckpt_path),
                        str(args.whisper_ckpt_path) if args.whisper_ckpt_path else None, str(args.vae_path),
                        args.device, args.dtype, args.face_backend, str(args.checkpoints_dir))

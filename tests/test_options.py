@@ -159,3 +159,13 @@ def test_speed_options_are_checked(values, message):
     with pytest.raises(UserError) as err:
         LipsyncOptions(**values)
     assert str(err.value).startswith(message)
+
+
+def test_readme_preset_table_matches_the_presets():
+    rows = [line for line in (REPO / "README.md").read_text().splitlines() if line.startswith("| `")]
+    for name, values in PRESETS.items():
+        row = next(line for line in rows if line.startswith(f"| `{name}`"))
+        cells = [c.strip() for c in row.strip().strip("|").split("|")]
+        assert cells[1:] == [values["scheduler"], str(values["inference_steps"]),
+                             "on" if values["enable_deepcache"] else "off", values["autocast"],
+                             values["cpu_kernels"]], name

@@ -1,5 +1,6 @@
 """Speed options (issue 13): samplers, presets, precision by hardware, CPU kernels, compile."""
 
+import copy
 import json
 import logging
 from types import SimpleNamespace
@@ -143,6 +144,22 @@ def test_default_options_reproduce_the_ddim_fixture_and_kernels_are_undone(refer
     assert not any(isinstance(m, Int8Linear) for m in reference_unet.modules())
     assert all(p.is_contiguous() for p in reference_unet.parameters())
     assert fixture_denoise(pipe, LipsyncOptions(inference_steps=steps)) < 1e-4
+
+
+def test_int8_copies_follow_weight_updates(reference_unet):
+    from latentsync.pipelines.acceleration import Accelerator
+
+    unet = copy.deepcopy(reference_unet)
+    accelerator = Accelerator(unet)
+    first = accelerator.int8_layers()
+    assert accelerator.int8_layers() is first  # cached while the weights stay
+    name, linear = next((n, m) for n, m in unet.named_modules() if type(m) is torch.nn.Linear)
+    with torch.no_grad():
+        linear.weight.mul_(2.0)  # what an optimizer step does: an in-place update
+    second = accelerator.int8_layers()
+    assert second is not first
+    x = torch.randn(3, linear.in_features)
+    assert torch.allclose(second[name](x), linear(x), atol=0.05 * linear(x).abs().max().item())
 
 
 def test_compile_option_compiles_the_unet_once(reference_unet, monkeypatch):

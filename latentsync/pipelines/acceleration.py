@@ -104,6 +104,7 @@ class Accelerator:
     def __init__(self, unet: nn.Module):
         self.unet = unet
         self._int8: dict[str, nn.Module] | None = None
+        self._int8_versions: tuple | None = None  # the Linear weights' versions the int8 copies were made from
         self._compiled: Callable | None = None
 
     @contextmanager
@@ -123,8 +124,10 @@ class Accelerator:
             yield Runtime(unet, autocast_dtype(opts.autocast, device), device.type)
 
     def int8_layers(self) -> dict[str, nn.Module]:
-        if self._int8 is None:
-            self._int8 = int8_linears(self.unet)
+        """The int8 copies of the UNet's Linear layers, rebuilt when a weight changed since (training)."""
+        versions = tuple(m.weight._version for m in self.unet.modules() if type(m) is nn.Linear)
+        if self._int8 is None or versions != self._int8_versions:
+            self._int8, self._int8_versions = int8_linears(self.unet), versions
         return self._int8
 
     def compiled(self) -> Callable:
