@@ -32,7 +32,7 @@ from pathlib import Path
 
 from benchmarks.learnability_parts.plan import (PLANS, REAL_WHISPER, REPO, STAGE2_OVERRIDES, SYNCNET_CONFIG,
                                                 UNET_CONFIG, VAE_CONFIG, WHISPER_TINY_DIMS, Layout, Plan)
-from benchmarks.learnability_parts.steps import Steps, StepFailed, run_module
+from benchmarks.learnability_parts.steps import QUIET_ENV, Steps, StepFailed, run_module
 
 SEED = 1247
 SPLITS = ("train", "heldout")
@@ -43,7 +43,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work_dir", required=True, help="folder for everything the run writes (resumable)")
     parser.add_argument("--quick", action="store_true", help="small run (about 8 minutes) that asserts the trend")
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads of each step")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU threads of each step (1: on a busy machine more threads were slower)")
     parser.add_argument("--whisper_path", default=None,
                         help=f"Whisper checkpoint (default: {REAL_WHISPER.relative_to(REPO)} if present, "
                              "else a seeded random Whisper-tiny encoder)")
@@ -243,9 +244,13 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv=None) -> int:
+    from latentsync.errors import exit_on_termination
+
     args = parse_args(argv)
-    torch_threads = str(args.threads)
-    os.environ.setdefault("OMP_NUM_THREADS", torch_threads)
+    exit_on_termination()  # SIGTERM unwinds like Ctrl-C: the running step's child process is stopped
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    for key, value in QUIET_ENV.items():  # MediaPipe / TFLite chatter of the in-process steps
+        os.environ.setdefault(key, value)
     try:
         import torch
 

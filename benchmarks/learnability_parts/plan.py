@@ -50,11 +50,11 @@ FULL = Plan(name="full", num_clips=60, heldout_fraction=0.2, min_seconds=5.0, si
             vae_steps=300, syncnet_steps=600, stage1_steps=600, stage2_steps=200,
             syncnet_eval_samples=1024, inference_steps=20, max_dubs=12)
 QUICK = Plan(name="quick", num_clips=12, heldout_fraction=0.25, min_seconds=5.0, size=256,
-             vae_steps=60, syncnet_steps=200, stage1_steps=200, stage2_steps=40,
-             syncnet_eval_samples=256, inference_steps=10, max_dubs=3,
+             vae_steps=60, syncnet_steps=100, stage1_steps=50, stage2_steps=10,
+             syncnet_eval_samples=256, inference_steps=5, max_dubs=3,
              vae_overrides=["latents.scale_samples=128", "data.num_val_frames=16", "ckpt.save_ckpt_steps=30"],
-             syncnet_overrides=["data.num_val_samples=64", "run.validation_steps=50", "ckpt.save_ckpt_steps=100"],
-             unet_overrides=["run.validation_steps=1000000", "ckpt.save_ckpt_steps=100"])
+             syncnet_overrides=["data.num_val_samples=64", "run.validation_steps=50", "ckpt.save_ckpt_steps=50"],
+             unet_overrides=["run.validation_steps=1000000", "ckpt.save_ckpt_steps=10"])
 PLANS = {"full": FULL, "quick": QUICK}
 
 

@@ -56,7 +56,8 @@ def check_targets(s: dict) -> dict:
     """Each target of the mode: the measured value, the bound and whether it holds."""
     if s["mode"] == "quick":
         t = QUICK_TARGETS
-        rows = {"syncnet_heldout_accuracy >= 0.75": (s["syncnet_heldout_accuracy"], t["syncnet_heldout_accuracy"], ">="),
+        accuracy = (s["syncnet_heldout_accuracy"], t["syncnet_heldout_accuracy"], ">=")
+        rows = {"syncnet_heldout_accuracy >= 0.75": accuracy,
                 "dub correlation - zero-audio correlation >= 0.3":
                     (s["dub_mouth_correlation"] - s["zero_audio_mouth_correlation"], t["correlation_margin"], ">="),
                 "minutes <= 8": (s["minutes"], t["minutes"], "<=")}
@@ -65,7 +66,8 @@ def check_targets(s: dict) -> dict:
         controls = max(s["zero_audio_mouth_correlation"], s["other_audio_mouth_correlation"],
                        s["input_mouth_correlation"])
         ratio = s["dub_lse_c"] / s["truth_lse_c"] if s["truth_lse_c"] else float("nan")
-        rows = {"syncnet_heldout_accuracy >= 0.90": (s["syncnet_heldout_accuracy"], t["syncnet_heldout_accuracy"], ">="),
+        accuracy = (s["syncnet_heldout_accuracy"], t["syncnet_heldout_accuracy"], ">=")
+        rows = {"syncnet_heldout_accuracy >= 0.90": accuracy,
                 "dub_mouth_correlation >= 0.7": (s["dub_mouth_correlation"], t["dub_mouth_correlation"], ">="),
                 "every control's correlation <= 0.2": (controls, t["control_max_correlation"], "<="),
                 "dub LSE-C / truth LSE-C >= 0.8": (ratio, t["lse_c_ratio"], ">="),
@@ -88,10 +90,11 @@ def markdown(summary: dict, clips: list[dict], steps: dict, command: str, commit
     lines = [f"# Learnability benchmark ({summary['mode']} run)", "",
              f"Command: `{command}`  ", f"Commit: `{commit}`  ",
              f"Whisper: {summary.get('whisper')}  ",
-             f"Total time: {summary['minutes']:.1f} min wall, {summary.get('cpu_minutes', float('nan')):.1f} min CPU; "
-             f"peak memory (RSS): {summary['peak_rss_gb']:.2f} GB", "",
+             f"Total time: {summary['minutes']:.1f} min wall, {summary.get('cpu_minutes', float('nan')):.1f} "
+             f"min CPU; peak memory (RSS): {summary['peak_rss_gb']:.2f} GB", "",
              f"Held-out SyncNet accuracy (balanced): **{summary['syncnet_heldout_accuracy']:.3f}** "
-             f"(in sync {summary['syncnet_in_sync_accuracy']:.3f}, shifted {summary['syncnet_shifted_accuracy']:.3f})", "",
+             f"(in sync {summary['syncnet_in_sync_accuracy']:.3f}, "
+             f"shifted {summary['syncnet_shifted_accuracy']:.3f})", "",
              f"Dubs of {len(clips)} held-out clips, each scored against the new sentence (means over clips):", "",
              "| video | " + " | ".join(label for _, label in METRICS) + " |",
              "|---|" + "---|" * len(METRICS)]

@@ -2,6 +2,9 @@
 peak memory so far); a re-run skips recorded steps, and an interrupted training step continues
 from its trainer's own training state (the trainers resume exactly).
 
+Time spent in an interrupted attempt is kept (under "_interrupted") and added to the step's time
+when it finishes, so the run's total is the real cost of all its attempts.
+
 Heavy work runs in child processes (`python -m scripts...`), whose output goes to
 WORK/logs/<step>.log; lines that report progress (validation, checkpoints, errors) are echoed.
 """
@@ -20,6 +23,7 @@ from typing import Callable
 from benchmarks.learnability_parts.plan import REPO
 
 STEPS_FILE = "steps.json"
+PARTIAL_KEY = "_interrupted"
 ECHO_MARKERS = ("step ", "error", "Error", "clips", "finished", "Traceback")
 QUIET_ENV = {"GLOG_minloglevel": "2", "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONWARNINGS": "ignore"}
 
@@ -48,9 +52,10 @@ class Steps:
     """The record of finished steps of one work folder."""
 
     def __init__(self, root: Path, total: int):
-        self.root, self.total, self.index = root, total, 0
+        self.total, self.index = total, 0
         self.path = root / STEPS_FILE
         self.done = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self.partial = self.done.pop(PARTIAL_KEY, {})  # time spent in interrupted attempts, by step
 
     def run(self, name: str, action: Callable[[], dict | None]) -> dict:
         """Run `action` unless `name` is recorded; record its seconds, peak memory and result."""
@@ -61,15 +66,26 @@ class Steps:
             return self.done[name].get("result") or {}
         print(f"{head} ...", flush=True)
         start, cpu_start = time.time(), cpu_seconds()
-        result = action() or {}
-        seconds = time.time() - start
-        self.done[name] = dict(seconds=round(seconds, 1), cpu_seconds=round(cpu_seconds() - cpu_start, 1),
+        earlier = self.partial.pop(name, dict(seconds=0.0, cpu_seconds=0.0))
+        try:
+            result = action() or {}
+        except BaseException:  # interrupted or failed: its time still counts for the run
+            self.partial[name] = dict(seconds=earlier["seconds"] + time.time() - start,
+                                      cpu_seconds=earlier["cpu_seconds"] + cpu_seconds() - cpu_start)
+            self.save()
+            raise
+        seconds = time.time() - start + earlier["seconds"]
+        self.done[name] = dict(seconds=round(seconds, 1),
+                               cpu_seconds=round(cpu_seconds() - cpu_start + earlier["cpu_seconds"], 1),
                                peak_rss_kb=peak_rss_kb(), result=result)
-        temp = self.path.with_name(f".{STEPS_FILE}.partial")
-        temp.write_text(json.dumps(self.done, indent=1))
-        os.replace(temp, self.path)
+        self.save()
         print(f"{head}: finished in {seconds:.0f} s", flush=True)
         return result
+
+    def save(self) -> None:
+        temp = self.path.with_name(f".{STEPS_FILE}.partial")
+        temp.write_text(json.dumps({**self.done, PARTIAL_KEY: self.partial}, indent=1))
+        os.replace(temp, self.path)
 
     def total_seconds(self) -> float:
         return sum(entry["seconds"] for entry in self.done.values())
