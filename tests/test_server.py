@@ -293,3 +293,16 @@ def test_too_long_upload_gets_400_and_docs_list_the_option_fields(media, tmp_pat
         fields = schemas["Body_submit_job_jobs_post"]["properties"]
         assert {"video", "audio", "inference_steps", "guidance_scale", "seed", "output_fps"} <= set(fields)
         assert "temp_dir" not in fields  # a server-side path is never chosen by a client
+
+
+def test_preset_fills_the_options_the_client_did_not_send(media, tmp_path):
+    with make_client(tmp_path, GatedDub(), max_queue=5) as client:
+        reply = client.post("/jobs", **upload(media, preset="fast", inference_steps=3))
+        assert reply.status_code == 201
+        options = reply.json()["options"]
+        assert options["inference_steps"] == 3  # sent explicitly: wins over the preset's 6
+        assert options["scheduler"] == "dpmpp" and options["enable_deepcache"] is True  # from the preset
+        plain = client.post("/jobs", **upload(media)).json()["options"]
+        assert plain["scheduler"] == "ddim" and plain["inference_steps"] == 20
+        bad = client.post("/jobs", **upload(media, preset="fastest"))
+        assert bad.status_code == 400 and bad.json()["detail"].startswith("preset 'fastest': expected one of")

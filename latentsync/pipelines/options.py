@@ -122,12 +122,17 @@ def check_options(opts: LipsyncOptions) -> None:
             raise UserError(f"{f.name} must be <= {meta['max']} (got {value})")
 
 
-def preset_options(preset: str | None, **explicit) -> LipsyncOptions:
-    """LipsyncOptions of `preset` (quality, balanced, fast; None: the defaults) with `explicit`
-    values on top: a value given explicitly always wins over the preset's."""
+def preset_values(preset: str | None, explicit: dict) -> dict:
+    """The option values of `preset` (quality, balanced, fast; None: none) with `explicit` values
+    on top: a value given explicitly always wins over the preset's."""
     if preset is not None and preset not in PRESETS:
         raise UserError(f"preset {preset!r}: expected one of {', '.join(PRESETS)}")
-    return LipsyncOptions(**{**PRESETS.get(preset, {}), **explicit})
+    return {**PRESETS.get(preset, {}), **explicit}
+
+
+def preset_options(preset: str | None, **explicit) -> LipsyncOptions:
+    """LipsyncOptions of `preset` with `explicit` values on top (see `preset_values`)."""
+    return LipsyncOptions(**preset_values(preset, explicit))
 
 
 # -- the command line ---------------------------------------------------------------------------

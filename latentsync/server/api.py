@@ -31,7 +31,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from latentsync.app import check_audio, check_video
 from latentsync.errors import UserError
 from latentsync.jobs import job_options
-from latentsync.pipelines.options import field_type, option_fields
+from latentsync.pipelines.options import PRESET_FLAG, PRESETS, field_type, option_fields, preset_values
 from latentsync.server.folders import JobFolders, display_name, new_job_id, stored_name, valid_id
 from latentsync.server.settings import ServerSettings
 from latentsync.server.store import FINISHED, JobStore
@@ -116,11 +116,19 @@ OPTION_FIELDS = tuple(inspect.signature(form_options).parameters)
 @router.post("/jobs", status_code=201)
 async def submit_job(request: Request, video: UploadFile = File(..., description="the speaker's video"),
                      audio: UploadFile = File(..., description="the new speech"),
+                     preset: str | None = Form(None, description=f"one of {', '.join(PRESETS)}: sets the "
+                                               "sampler, steps, DeepCache and precision; fields sent explicitly win"),
                      options: dict = Depends(form_options), ctx: Context = Depends(context)) -> dict:
     """Queue a dubbing job; 400 for bad uploads or options, 413 too large, 429 when the queue is full."""
-    unknown = sorted(set((await request.form()).keys()) - set(OPTION_FIELDS) - set(FILE_FIELDS))
+    sent = set((await request.form()).keys())
+    unknown = sorted(sent - set(OPTION_FIELDS) - set(FILE_FIELDS) - {PRESET_FLAG})
     if unknown:
         raise HTTPException(400, f"unknown form field {unknown[0]!r} (known: {', '.join(OPTION_FIELDS)})")
+    if preset is not None:
+        try:
+            options = form_options(**preset_values(preset, {k: v for k, v in options.items() if k in sent}))
+        except UserError as exc:
+            raise HTTPException(400, str(exc)) from None
     steps = options.get("inference_steps", 0)
     if steps > ctx.settings.max_steps:
         raise HTTPException(400, f"inference_steps {steps}: this server allows up to {ctx.settings.max_steps}")
