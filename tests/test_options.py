@@ -62,7 +62,6 @@ def test_cli_values_become_options():
 
 @pytest.mark.parametrize("values, message", [
     (dict(inference_steps=0), "inference_steps must be >= 1"),
-    (dict(num_frames=25), "num_frames must be <= 24"),
     (dict(guidance_scale=0.5), "guidance_scale must be >= 1.0"),
     (dict(silence="loud"), "silence 'loud': expected one of mute, keep, off"),
     (dict(segment_tail="long"), "segment_tail 'long': expected one of overlap, short"),
@@ -169,3 +168,21 @@ def test_readme_preset_table_matches_the_presets():
         assert cells[1:] == [values["scheduler"], str(values["inference_steps"]),
                              "on" if values["enable_deepcache"] else "off", values["autocast"],
                              values["cpu_kernels"]], name
+
+
+def test_segment_length_limit_comes_from_the_unet_config():
+    from diffusers import DDIMScheduler
+
+    from latentsync.models.unet import UNet3DConditionModel
+    from latentsync.pipelines.lipsync_pipeline import LipsyncPipeline
+
+    tiny = dict(block_out_channels=(32, 32, 32, 32), layers_per_block=1, norm_num_groups=8, cross_attention_dim=16,
+                attention_head_dim=2, use_motion_module=True, motion_module_resolutions=(1,))
+    for max_len, limit in ((24, 24), (8, 8)):
+        unet = UNet3DConditionModel(**tiny, motion_module_kwargs={"temporal_position_encoding_max_len": max_len})
+        assert unet.max_frames == limit
+        pipe = LipsyncPipeline(vae=None, unet=unet, scheduler=DDIMScheduler(), resolution=64)
+        with pytest.raises(UserError, match=f"num_frames must be <= {limit} for this UNet"):
+            pipe("in.mp4", "in.wav", "out.mp4", LipsyncOptions(num_frames=limit + 1))
+    assert UNet3DConditionModel(**{**tiny, "use_motion_module": False}).max_frames is None
+    LipsyncOptions(num_frames=32)  # the options alone no longer cap it: the model does

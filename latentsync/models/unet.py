@@ -130,6 +130,16 @@ class UNet3DConditionModel(ModelMixin, ConfigMixin):
             nn.init.zeros_(conv.weight)
             nn.init.zeros_(conv.bias)
 
+    @property
+    def max_frames(self) -> int | None:
+        """Most frames one forward pass can take: the motion modules' positional encoding covers
+        `temporal_position_encoding_max_len` frames (24 in the released configs); None = no limit."""
+        config = self.config
+        kwargs = {**DEFAULT_MOTION_KWARGS, **dict(config.motion_module_kwargs or {})}
+        if not config.use_motion_module or not kwargs["temporal_position_encoding"]:
+            return None
+        return int(kwargs["temporal_position_encoding_max_len"])
+
     @staticmethod
     def _check_supported(down_types, mid_type, up_types, act_fn, shift, motion_type, motion_mid, levels):
         problems = [f"down block type {t!r}" for t in down_types if t not in DOWN_BLOCKS]

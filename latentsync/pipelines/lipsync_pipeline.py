@@ -104,6 +104,10 @@ class LipsyncPipeline(DiffusionPipeline):
         """Dub `video_path` with `audio_path` into `output_path`; `progress` receives Progress events."""
         opts = options or LipsyncOptions()
         check_options(opts)
+        limit = getattr(self.unet, "max_frames", None)
+        if limit is not None and opts.num_frames > limit:
+            raise UserError(f"num_frames must be <= {limit} for this UNet (its motion modules encode "
+                            f"{limit} frame positions; got {opts.num_frames})")
         loading.check_job_paths(video_path, audio_path, output_path)
         probe_video(video_path)  # a clear error for anything that is not a readable video
         num_video = count_frames(video_path, MODEL_FPS)

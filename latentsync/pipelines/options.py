@@ -76,8 +76,8 @@ class LipsyncOptions:
     output_fps: float | None = option(None, f"frame rate of the output (default: {MODEL_FPS}, the model's rate; "
                                             f"'{ORIGINAL_FPS}': the input's rate)", min=1.0)
     output_height: int | None = option(None, "scale the output to this height (default: the input's)", min=16)
-    num_frames: int = option(16, "frames per UNet segment (the motion modules allow up to 24)", min=1, max=24,
-                             cli=False)
+    num_frames: int = option(16, "frames per UNet segment (at most the UNet's max_frames: its motion modules' "
+                                 "temporal_position_encoding_max_len, 24 in the released configs)", min=1, cli=False)
     crf: int = option(18, "x264 quality of the output (0 lossless .. 51 worst)", min=0, max=51, cli=False)
     temp_dir: str | None = option(None, "folder for temporary files (default: the system's)")
     show_progress: bool = option(True, "draw progress bars on the terminal", cli=False)
