@@ -18,7 +18,7 @@ from latentsync.app import HOW_TO_GET, CheckpointPaths, resolve_checkpoints
 from latentsync.checkpoints import CHECKPOINTS_DIR
 from latentsync.errors import UserError
 from latentsync.io import atomic_output
-from latentsync.pipelines.options import ORIGINAL_FPS, RANDOM_SEED, LipsyncOptions
+from latentsync.pipelines.options import ORIGINAL_FPS, LipsyncOptions, options_from_values
 
 FACE_SHARE = 0.3  # share of the progress bar taken by the face pass; the rest follows the frames written
 
@@ -60,21 +60,12 @@ def job_options(values: dict, video: str | os.PathLike | None = None) -> Lipsync
     """LipsyncOptions from CLI-style values (UserError naming a bad one). output_fps "original"
     becomes `video`'s frame rate (without `video`: left to the default, for checking only)."""
     values = {"show_progress": False, **values}
-    if values.get("seed") == RANDOM_SEED:
-        values["seed"] = None
-    if values.get("output_fps") == ORIGINAL_FPS:
+    input_fps = None
+    if values.get("output_fps") == ORIGINAL_FPS and video is not None:
         from latentsync.video import probe_video
 
-        values["output_fps"] = probe_video(video).fps if video is not None else None
-    elif values.get("output_fps") is not None:
-        try:
-            values["output_fps"] = float(values["output_fps"])
-        except ValueError:
-            raise UserError(f"output_fps {values['output_fps']!r}: expected a number or '{ORIGINAL_FPS}'") from None
-    unknown = sorted(set(values) - set(LipsyncOptions.__dataclass_fields__))
-    if unknown:
-        raise UserError(f"unknown option {unknown[0]!r}")
-    return LipsyncOptions(**values)
+        input_fps = probe_video(video).fps
+    return options_from_values(values, input_fps)
 
 
 def load_pipeline(unet_config, unet_ckpt, whisper=None, vae=None, device=None, dtype=None,

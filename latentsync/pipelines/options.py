@@ -193,12 +193,28 @@ def option_values_from_args(args: argparse.Namespace) -> dict:
     return values
 
 
-def options_from_args(args: argparse.Namespace, **overrides) -> LipsyncOptions:
-    """LipsyncOptions from parsed CLI flags (seed -1 -> random, --preset expanded); `overrides` replace values."""
-    values = option_values_from_args(args)
+def options_from_values(values: dict, input_fps: float | None = None) -> LipsyncOptions:
+    """LipsyncOptions from command-line style values, as the CLI, the server and batch jobs take
+    them: seed -1 = a random seed; output_fps 'original' = `input_fps` (None: the default, for
+    checking only) and a number given as text is parsed. UserError naming a bad or unknown option."""
+    values = dict(values)
+    unknown = sorted(set(values) - set(LipsyncOptions.__dataclass_fields__))
+    if unknown:
+        raise UserError(f"unknown option {unknown[0]!r}")
     if values.get("seed") == RANDOM_SEED:
         values["seed"] = None
-    if values.get("output_fps") == ORIGINAL_FPS:
-        values["output_fps"] = None  # resolved per video by the caller (see overrides)
-    values.update(overrides)
+    fps = values.get("output_fps")
+    if fps == ORIGINAL_FPS:
+        values["output_fps"] = input_fps
+    elif isinstance(fps, str):
+        try:
+            values["output_fps"] = float(fps)
+        except ValueError:
+            raise UserError(f"output_fps {fps!r}: expected a number or '{ORIGINAL_FPS}'") from None
     return LipsyncOptions(**values)
+
+
+def options_from_args(args: argparse.Namespace, **overrides) -> LipsyncOptions:
+    """LipsyncOptions from parsed CLI flags (--preset expanded, see `options_from_values`);
+    `overrides` replace values (e.g. output_fps=the input's rate for 'original')."""
+    return options_from_values({**option_values_from_args(args), **overrides})
