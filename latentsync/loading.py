@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from latentsync import checkpoints
 from latentsync.errors import UserError
 from latentsync.face.mask import resolve_mask
 from latentsync.paths import config_path
@@ -19,10 +20,10 @@ from latentsync.paths import config_path
 logger = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[1]
-CHECKPOINTS_DIR = REPO / "checkpoints"
+CHECKPOINTS_DIR = REPO / checkpoints.CHECKPOINTS_DIR  # the CLI's defaults live in the checkout
 DEFAULT_UNET_CONFIG = config_path("unet/stage2_512.yaml")  # the checkout's configs/, or the packaged copy
-DEFAULT_UNET_CKPT = CHECKPOINTS_DIR / "latentsync_unet.pt"
-DEFAULT_VAE = CHECKPOINTS_DIR / "sd-vae-ft-mse"
+DEFAULT_UNET_CKPT = checkpoints.default_path("unet", CHECKPOINTS_DIR)
+DEFAULT_VAE = checkpoints.default_path("vae", CHECKPOINTS_DIR)
 # the UNet's cross_attention_dim is the width of the Whisper features it was trained on
 WHISPER_BY_WIDTH = {384: "whisper/tiny.pt", 768: "whisper/small.pt"}
 DEFAULT_RESOLUTION = 256
