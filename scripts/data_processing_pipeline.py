@@ -59,6 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="run on a Ray cluster (address, e.g. auto) or 'local' for this machine")
     parser.add_argument("--skip_stages", type=parse_stages, default=(),
                         help="comma-separated stage numbers to pass through, e.g. 7,8")
+    parser.add_argument("--reencode", choices=("auto", "always"), default="auto",
+                        help="stages 2-4: auto copies video streams that are already 25 fps "
+                             "H.264/HEVC/MPEG-4 and cuts on key frames by stream copy, re-encoding "
+                             "only the rest; always re-encodes every clip and cut (slower; the "
+                             "earlier behaviour). See docs/data-pipeline.md")
     parser.add_argument("--sync_conf_threshold", type=float, default=3.0,
                         help="stage 7: minimum SyncNet v2 confidence")
     parser.add_argument("--max_sync_offset", type=int, default=6,
@@ -92,7 +97,7 @@ def make_options(args: argparse.Namespace):
         ray_address=args.ray_address, skip_stages=args.skip_stages,
         sync_conf_threshold=args.sync_conf_threshold, max_sync_offset=args.max_sync_offset,
         quality_threshold=args.quality_threshold, checkpoints_dir=args.checkpoints_dir,
-        device=args.device, progress=not args.no_progress,
+        device=args.device, progress=not args.no_progress, reencode=args.reencode,
     )
 
 

@@ -30,7 +30,8 @@ from latentsync.data.preprocess.sync_av import shift_audio
 from latentsync.errors import UserError
 from latentsync.eval.hyper_iqa import (HyperNet, load_hyper_iqa, quality_frame_indices,
                                        score_frames)
-from latentsync.video import VideoWriter, ffmpeg_exe, iter_frames, mux_audio, probe_video
+from latentsync.video import (VideoWriter, count_frames, ffmpeg_exe, iter_frames, mux_audio,
+                             probe_video)
 
 from conftest import MEDIA, REPO, need
 
@@ -92,8 +93,10 @@ def raw_dir(work) -> Path:
     raw = work / "raw"
     (raw / "sub").mkdir(parents=True)
     small = ["-c:v", "libx264", "-crf", "18", "-c:a", "aac"]
-    ffmpeg("-i", str(DEMO1), "-t", str(CLIP_SECONDS), "-vf", "scale=540:960", *small,
-           str(raw / "demo1.mp4"))
+    # lanczos: MediaPipe misses the face in frame 124 of the bilinear downscale, and stage 2 now
+    # copies this conforming video stream unchanged (no re-encode to blur that frame past it)
+    ffmpeg("-i", str(DEMO1), "-t", str(CLIP_SECONDS), "-vf", "scale=540:960:flags=lanczos",
+           *small, str(raw / "demo1.mp4"))
     ffmpeg("-i", str(DEMO2), "-t", str(CLIP_SECONDS), "-vf", "scale=540:960", *small,
            str(raw / "sub" / "demo2.mp4"))
     demo1 = str(raw / "demo1.mp4")
@@ -359,6 +362,140 @@ def test_stage_7_moves_the_audio_by_the_detected_offset(click_clip, tmp_path, of
     frames_out = np.concatenate(list(iter_frames(out, fps=None)))
     np.testing.assert_array_equal(frames_in, frames_out)  # video stream copied
     assert abs(len(load_audio(out)) / 16000 - 2.0) < 0.1
+
+
+# ------------------------------------------------------------------ stream copy (--reencode)
+
+COPY_SECONDS = 12  # 300 frames at 25 fps: two stage-4 pieces
+
+
+def _test_clip(path: Path, rate: int, audio: list[str], video: list[str]) -> Path:
+    """`COPY_SECONDS` of ffmpeg's test pattern (every frame differs) with a sine tone."""
+    ffmpeg("-f", "lavfi", "-i", f"testsrc2=size=160x120:rate={rate}:duration={COPY_SECONDS}",
+           "-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=44100:duration={COPY_SECONDS}",
+           "-map", "0:v", "-map", "1:a", "-c:v", "libx264", "-pix_fmt", "yuv420p", *video,
+           "-c:a", "aac", *audio, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def copy_clips(tmp_path_factory) -> dict[str, Path]:
+    """25 fps H.264 with one key frame (frame 0) and B-frames (conforming video) with 44.1 kHz
+    stereo or 16 kHz mono audio, and a 30 fps clip (must be re-encoded)."""
+    folder = tmp_path_factory.mktemp("copy")
+    sparse = ["-g", "1000", "-bf", "2", "-sc_threshold", "0"]
+    return {
+        "stereo": _test_clip(folder / "stereo.mp4", 25, ["-ac", "2"], sparse),
+        "mono16k": _test_clip(folder / "mono16k.mp4", 25, ["-ac", "1", "-ar", "16000"], sparse),
+        "fps30": _test_clip(folder / "fps30.mp4", 30, ["-ac", "2"], []),
+    }
+
+
+def decoded(path: Path) -> np.ndarray:
+    return np.concatenate(list(iter_frames(path, fps=None)))
+
+
+def test_stage_2_copies_a_conforming_video_stream_and_resamples_only_the_audio(copy_clips,
+                                                                                 tmp_path):
+    from latentsync.data.preprocess.resample import AUDIO_ONLY, COPIED, REENCODED, resample
+    from latentsync.data.preprocess.streams import read_layout
+
+    for name, how in (("stereo", AUDIO_ONLY), ("mono16k", COPIED)):
+        result = resample(copy_clips[name], tmp_path / name, PipelineOptions())
+        assert result.kept and result.detail == how, (name, result)
+        out = Path(result.outputs[0])
+        np.testing.assert_array_equal(decoded(out), decoded(copy_clips[name]))  # same frames
+        layout = read_layout(out)
+        assert (layout.audio_codec, layout.audio_rate, layout.audio_channels) == ("aac", 16000, 1)
+        assert abs(len(load_audio(out)) / 16000 - COPY_SECONDS) < 0.1
+    forced = resample(copy_clips["stereo"], tmp_path / "always", PipelineOptions(reencode="always"))
+    assert forced.detail == REENCODED and probe_video(forced.outputs[0]).num_frames == 300
+
+
+def test_stage_2_re_encodes_other_rates_with_a_key_frame_per_piece(copy_clips, tmp_path):
+    from latentsync.data.preprocess.resample import REENCODED, resample
+    from latentsync.data.preprocess.streams import read_layout
+
+    result = resample(copy_clips["fps30"], tmp_path, PipelineOptions())
+    assert result.kept and result.detail == REENCODED
+    layout = read_layout(Path(result.outputs[0]))
+    assert layout.constant_rate and layout.num_frames == count_frames(copy_clips["fps30"])
+    assert {0, 125, 250} <= layout.starts and layout.video_copyable
+
+
+def _assert_piece_is(piece: np.ndarray, source: np.ndarray, start: int, exact: bool) -> None:
+    """`piece` shows source frames start, start+1, ...: identical for a copy, and for a
+    re-encode each of its first and last frames is closest to the source frame of its index."""
+    window = source[start:start + len(piece)]
+    assert piece.shape == window.shape
+    if exact:
+        np.testing.assert_array_equal(piece, window)
+        return
+    for i in (0, len(piece) - 1):
+        errors = [np.abs(piece[i].astype(int) - source[j]).mean()
+                  for j in range(max(0, start + i - 2), min(len(source), start + i + 3))]
+        assert int(np.argmin(errors)) == min(2, start + i), (i, errors)
+
+
+def test_stage_4_stream_copies_pieces_on_key_frames_with_the_right_frames(copy_clips, tmp_path):
+    from latentsync.data.preprocess.resample import resample
+    from latentsync.data.preprocess.segment import segment
+    from latentsync.data.preprocess.streams import read_layout
+
+    shot = Path(resample(copy_clips["fps30"], tmp_path / "shot", PipelineOptions()).outputs[0])
+    result = segment(shot, tmp_path / "pieces", PipelineOptions())
+    assert result.detail == "2 of 2 pieces copied"
+    source = decoded(shot)
+    for path, start, length in zip(sorted(result.outputs), (0, 125), (125, 175)):
+        piece = decoded(Path(path))
+        assert len(piece) == length
+        _assert_piece_is(piece, source, start, exact=True)
+        assert abs(len(load_audio(path)) / 16000 - length / 25) < 0.07  # audio cut alike
+
+    # one key frame only (frame 0): the first piece is copied up to a clean split near the
+    # middle, the second re-encoded from there
+    sparse = copy_clips["stereo"]
+    layout = read_layout(sparse)
+    assert layout.starts == {0}
+    result = segment(sparse, tmp_path / "sparse", PipelineOptions())
+    assert result.detail == "1 of 2 pieces copied"
+    source, pieces = decoded(sparse), [decoded(Path(p)) for p in sorted(result.outputs)]
+    middle = len(pieces[0])
+    assert middle in layout.splits and 125 <= middle < 250 and 125 <= 300 - middle < 250
+    assert sum(len(p) for p in pieces) == 300
+    _assert_piece_is(pieces[0], source, 0, exact=True)
+    _assert_piece_is(pieces[1], source, middle, exact=False)
+
+
+def test_stage_4_always_re_encodes_near_equal_pieces(copy_clips, tmp_path):
+    from latentsync.data.preprocess.segment import segment
+
+    result = segment(copy_clips["stereo"], tmp_path, PipelineOptions(reencode="always"))
+    assert result.detail == "0 of 2 pieces copied"
+    assert [probe_video(p).num_frames for p in sorted(result.outputs)] == [150, 150]
+
+
+def test_piece_boundaries_move_to_key_frames_within_the_5_to_10_s_limits():
+    from latentsync.data.preprocess.segment import keyframe_bounds
+
+    assert keyframe_bounds(124, 125, {0}) == []
+    assert keyframe_bounds(300, 125) == segment_bounds(300, 125)  # nothing to move to
+    every_piece = set(range(0, 2000, 125))
+    assert keyframe_bounds(610, 125, every_piece) == [(0, 125), (125, 250), (250, 375),
+                                                       (375, 610)]
+    assert keyframe_bounds(300, 125, {0, 250}, {0, 140, 160}) == [(0, 140), (140, 300)]
+    # a key frame beats a nearer split; one beyond 175 would leave under 5 s for the last piece
+    assert keyframe_bounds(300, 125, {0, 170}, {0, 150, 170}) == [(0, 170), (170, 300)]
+    assert keyframe_bounds(300, 125, {0, 180}, {0, 150, 180}) == [(0, 150), (150, 300)]
+    rng = np.random.default_rng(0)
+    for frames in range(125, 3000, 53):
+        starts = set(rng.choice(frames, size=frames // 40 + 1).tolist()) | {0}
+        splits = set(rng.choice(frames, size=frames // 4 + 1).tolist())
+        bounds = keyframe_bounds(frames, 125, starts, splits)
+        assert len(bounds) == len(segment_bounds(frames, 125))
+        assert bounds[0][0] == 0 and bounds[-1][1] == frames
+        assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
+        assert all(125 <= end - start < 250 for start, end in bounds)
 
 
 # ------------------------------------------------------------------------------ hyperIQA

@@ -20,6 +20,7 @@ from latentsync.io import TEMP_MARK, atomic_output, discard, run_ffmpeg, temp_pa
 FPS = MODEL_FPS  # every stage from 2 on works on constant 25 fps video
 AUDIO_RATE = SAMPLE_RATE  # and 16 kHz mono audio
 CRF = 18  # x264 quality of every re-encoded clip
+REENCODE_MODES = ("auto", "always")  # auto: copy streams that conform (docs/data-pipeline.md)
 PARTIAL_MARK = TEMP_MARK  # hidden temp files: .<name>.<random>.partial<ext>
 
 
@@ -33,6 +34,7 @@ class PipelineOptions:
     min_face_size: int = 256  # stage 5: face box width and height in pixels
     face_check_stride: int = 1  # stage 5: check every Nth frame (1 = every frame)
     segment_seconds: float = 5.0  # stage 4: pieces of 5 to < 10 s
+    reencode: str = "auto"  # stages 2-4: "auto" stream-copies what conforms, "always" re-encodes
     sync_conf_threshold: float = 3.0  # stage 7: minimum SyncNet v2 confidence (LSE-C)
     max_sync_offset: int = 6  # stage 7: maximum |audio-video offset| in frames
     quality_threshold: float = 40.0  # stage 8: minimum hyperIQA score
@@ -120,17 +122,32 @@ def output_name(input_path: Path, suffix: str = "") -> str:
     return f"{base}{suffix}.mp4"
 
 
-def cut_clip(src: Path, dst: Path, start_frame: int, num_frames: int, fps: int = FPS) -> None:
+def segment_frames(options: PipelineOptions) -> int:
+    """Frames of the shortest stage-4 piece (125 at 5 s): also the key frame interval of the
+    clips stages 2 and 3 encode, so that stage 4 can cut them by stream copy."""
+    return round(options.segment_seconds * FPS)
+
+
+def keyframe_args(interval: int | None) -> list[str]:
+    """ffmpeg output options putting a key frame on every `interval`-th frame (0, n, 2n, ...);
+    none for None. x264's own scene-cut key frames stay."""
+    return [] if not interval else ["-force_key_frames", f"expr:eq(mod(n,{interval}),0)"]
+
+
+def cut_clip(src: Path, dst: Path, start_frame: int, num_frames: int, fps: int = FPS,
+             keyframe_interval: int | None = None) -> None:
     """Re-encode frames [start, start + num) of a constant-`fps` clip and the matching audio.
 
     Input seeking with re-encoding is frame accurate (ffmpeg decodes from the key frame before
-    the start and discards what precedes it); video H.264 crf 18, audio AAC 16 kHz mono.
+    the start and discards what precedes it); video H.264 crf 18, audio AAC 16 kHz mono; a key
+    frame every `keyframe_interval` frames if given.
     """
     start, duration = start_frame / fps, num_frames / fps
     args = [
         "-ss", f"{start:.6f}", "-i", str(src), "-t", f"{duration:.6f}",
         "-map", "0:v:0", "-map", "0:a:0?", "-frames:v", str(num_frames),
         "-c:v", "libx264", "-crf", str(CRF), "-pix_fmt", "yuv420p",
+        *keyframe_args(keyframe_interval),
         "-c:a", "aac", "-ar", str(AUDIO_RATE), "-ac", "1",
         "-movflags", "+faststart", "-f", "mp4",
     ]  # fmt: skip

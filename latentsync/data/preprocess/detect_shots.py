@@ -1,15 +1,19 @@
 """Stage 3: cut at scene changes found by PySceneDetect's AdaptiveDetector (threshold 2).
 
 A clip without scene changes is linked through unchanged as `<name>_shot_001.mp4`; otherwise
-every shot is re-encoded frame-accurately as `<name>_shot_<NNN>.mp4` (1-based, 3 digits).
+every shot is cut frame-accurately as `<name>_shot_<NNN>.mp4` (1-based, 3 digits). With
+`--reencode auto` (default) a shot that starts on a key frame and ends on a clean decode-order
+split is stream-copied, and re-encoded shots get a key frame every 125 frames so that stage 4 can
+copy their pieces; `--reencode always` re-encodes every shot.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from latentsync.data.preprocess.common import (PipelineOptions, StageResult, cut_clip,
-                                               link_or_copy, output_name)
+from latentsync.data.preprocess.common import (PipelineOptions, StageResult, link_or_copy,
+                                               output_name, segment_frames)
+from latentsync.data.preprocess.streams import cut_piece, read_layout
 from latentsync.errors import UserError
 from latentsync.video import count_frames
 
@@ -30,9 +34,11 @@ def find_shots(path: Path) -> list[tuple[int, int]]:
 
 def detect_shots(input_path: Path, output_dir: Path, options: PipelineOptions) -> StageResult:
     """Write one file per shot into `output_dir`."""
+    auto = options.reencode == "auto"
     try:
         shots = find_shots(input_path)
         total = count_frames(input_path, fps=None)
+        layout = read_layout(input_path) if auto else None
     except (UserError, RuntimeError) as exc:
         return StageResult.drop("unreadable", str(exc).splitlines()[0])
     outputs = []
@@ -41,6 +47,7 @@ def detect_shots(input_path: Path, output_dir: Path, options: PipelineOptions) -
         if len(shots) == 1 and (start, end) == (0, total):
             link_or_copy(input_path, out)
         else:
-            cut_clip(input_path, out, start, end - start)
+            cut_piece(input_path, out, start, end, layout,
+                      keyframe_interval=segment_frames(options) if auto else None)
         outputs.append(out)
     return StageResult.keep(*outputs)

@@ -42,8 +42,8 @@ from tqdm import tqdm
 
 from latentsync.data.preprocess import (align_faces, check_faces, detect_shots, filter_quality,
                                         remove_broken, resample, segment, sync_av)
-from latentsync.data.preprocess.common import (PARTIAL_MARK, PipelineOptions, StageResult,
-                                               link_or_copy, remove)
+from latentsync.data.preprocess.common import (PARTIAL_MARK, REENCODE_MODES, PipelineOptions,
+                                               StageResult, link_or_copy, remove, segment_frames)
 from latentsync.io import atomic_write_text
 from latentsync.errors import UserError
 
@@ -70,12 +70,20 @@ class Stage:
     on_device: bool = False  # runs a network on options.device (worker count: device_workers)
 
 
+def _encoding(options: PipelineOptions) -> dict:
+    """The options that decide how stages 2 and 3 write video (stream copy, key frames)."""
+    if options.reencode == "always":
+        return {"reencode": "always"}
+    return {"reencode": options.reencode, "keyframe_interval": segment_frames(options)}
+
+
 STAGES = (
     Stage(1, remove_broken.FOLDER, remove_broken.remove_broken, lambda o: {}),
-    Stage(2, resample.FOLDER, resample.resample, lambda o: {}),
+    Stage(2, resample.FOLDER, resample.resample, lambda o: _encoding(o)),
     Stage(3, detect_shots.FOLDER, detect_shots.detect_shots,
-          lambda o: {"threshold": detect_shots.ADAPTIVE_THRESHOLD}),
-    Stage(4, segment.FOLDER, segment.segment, lambda o: {"seconds": o.segment_seconds}),
+          lambda o: {"threshold": detect_shots.ADAPTIVE_THRESHOLD, **_encoding(o)}),
+    Stage(4, segment.FOLDER, segment.segment,
+          lambda o: {"seconds": o.segment_seconds, "reencode": o.reencode}),
     Stage(5, check_faces.FOLDER, check_faces.check_faces,
           lambda o: {"min_face_size": o.min_face_size, "stride": o.face_check_stride}),
     Stage(6, align_faces.FOLDER, align_faces.align_faces, lambda o: {"resolution": o.resolution}),
@@ -145,6 +153,8 @@ def check_options(options: PipelineOptions) -> None:
         raise UserError(f"--num_workers {options.num_workers}: need at least 1")
     if options.device_workers is not None and options.device_workers < 1:
         raise UserError(f"--device_workers {options.device_workers}: need at least 1")
+    if options.reencode not in REENCODE_MODES:
+        raise UserError(f"--reencode {options.reencode}: use one of {', '.join(REENCODE_MODES)}")
     if options.face_check_stride < 1:
         raise UserError(f"--face_check_stride {options.face_check_stride}: need at least 1")
     shard([], options.shard_index, options.num_shards)
