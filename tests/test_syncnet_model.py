@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from conftest import REPO, REFERENCE, need
 from latentsync.errors import UserError
 from latentsync.models import StableSyncNet
-from latentsync.models.stable_syncnet import cosine_similarity, sync_accuracy, sync_loss
+from latentsync.models.stable_syncnet import contrastive_sync_loss, cosine_similarity, sync_accuracy, sync_loss
 
 MANIFESTS = ["syncnet_16_pixel_attn.json", "syncnet_16_pixel.json", "syncnet_16_latent.json", "syncnet_25_pixel.json"]
 FIXTURES = ["syncnet_16_pixel_attn_tiny", "syncnet_16_latent_tiny"]
@@ -115,6 +115,25 @@ def test_loss_prefers_matched_pairs_and_accuracy_thresholds_at_half():
     assert sync_accuracy(vision, close, zeros).item() == 0.0
     mixed = torch.cat([vision[:2], vision[2:]]), torch.cat([close[:2], far[2:]])
     assert sync_accuracy(*mixed, torch.tensor([1, 1, 0, 0])).item() == 1.0
+
+
+def test_contrastive_loss_rewards_picking_the_own_window_among_the_batch():
+    """InfoNCE: matched pairs score near 0, a constant embedding ln(batch) (where BCE sits at its
+    trivial ln 2 minimum), shuffled pairs worse; off-sync rows are only negatives."""
+    vision = unit(torch.eye(6, 8) + 0.01)
+    labels = torch.tensor([1, 1, 1, 0, 1, 0])
+    matched = contrastive_sync_loss(vision, vision, labels, temperature=0.05)
+    constant = unit(torch.ones(6, 8))
+    assert matched.item() < 0.05
+    assert math.isclose(contrastive_sync_loss(constant, constant, labels).item(), math.log(6), rel_tol=1e-5)
+    shuffled = contrastive_sync_loss(vision, vision[[1, 2, 0, 3, 5, 4]], labels, temperature=0.05)
+    assert shuffled.item() > 10 * matched.item()
+    # an off-sync row's own pair is not a positive: changing its audio changes nothing for it ...
+    changed = vision.clone()
+    changed[3] = unit(torch.rand(1, 8))[0]
+    assert contrastive_sync_loss(vision, changed, labels, 0.05) > matched  # ... but it is a negative for the others
+    none = contrastive_sync_loss(vision.requires_grad_(), vision, torch.zeros(6))
+    assert none.item() == 0.0 and none.requires_grad
 
 
 def test_loss_is_computed_in_float32_for_half_embeddings():

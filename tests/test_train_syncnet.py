@@ -224,6 +224,22 @@ def test_tiny_official_layout_checkpoint_loads_strictly(clips, tmp_path, one_thr
     assert not list(run_dir.rglob("*.partial*"))
 
 
+def test_contrastive_term_is_added_to_the_bce_and_checked(clips, tmp_path, one_thread):
+    """run.contrastive_loss_weight adds the batch InfoNCE to the BCE: same seed, same first batch,
+    so the first recorded loss grows by about ln(batch) (random embeddings); bad values are refused."""
+    config = write_config(tmp_path / "nce.yaml", clips, batch_size=8, cache_frames=True)
+    losses = {}
+    for weight in (0.0, 1.0):
+        run_dir = train(TrainOptions(str(config), max_train_steps=1, device="cpu", run_name=f"w{weight}",
+                                     num_threads=one_thread, overrides=[f"run.contrastive_loss_weight={weight}",
+                                                                        "ckpt.save_ckpt_steps=1"]))
+        losses[weight] = torch.load(run_dir / "checkpoints/checkpoint-1.pt", weights_only=True)["train_loss_list"][0]
+    assert 0.5 * np.log(8) < losses[1.0] - losses[0.0] < 2 * np.log(8), losses
+    with pytest.raises(UserError, match="contrastive_temperature"):
+        train(TrainOptions(str(config), max_train_steps=1, device="cpu", run_name="bad",
+                           overrides=["run.contrastive_loss_weight=1", "run.contrastive_temperature=0"]))
+
+
 def test_bad_config_exits_2_with_one_line(clips, tmp_path):
     config = write_config(tmp_path / "bad.yaml", clips, train_fileslist=str(tmp_path / "missing_list.txt"))
     result = subprocess.run([sys.executable, "-m", "scripts.train_syncnet", "--config_path", str(config),

@@ -330,3 +330,27 @@ def test_initial_weights_stage2_from_stage1_and_sd15_rules(tmp_path):
     torch.save({"state_dict": broken}, tmp_path / "broken.pt")
     with pytest.raises(UserError, match="conv_norm_out.weight"):
         load_initial_weights(build_unet(stage1_model, "stage1"), str(tmp_path / "broken.pt"))
+
+
+def test_mask_loss_weight_counts_the_generated_region_more():
+    """run.mask_loss_weight: w = 0 is the plain MSE; w > 0 weights errors where the mask is 0
+    (the generated mouth region) 1 + w times, normalised so a uniform error keeps its loss."""
+    from latentsync.training.unet_step import StepSettings, noise_loss
+
+    keep = torch.ones(1, 1, 2, 4, 4)
+    keep[..., 2:, :] = 0  # lower half generated
+    noise = torch.zeros(1, 4, 2, 4, 4)
+    uniform = torch.full_like(noise, 0.5)
+    assert noise_loss(uniform, noise, keep, 0.0) == pytest.approx(0.25)
+    assert noise_loss(uniform, noise, keep, 9.0) == pytest.approx(0.25)  # same scale
+    in_mouth, elsewhere = torch.zeros_like(noise), torch.zeros_like(noise)
+    in_mouth[..., 3, 1] = 1.0
+    elsewhere[..., 0, 1] = 1.0
+    assert noise_loss(in_mouth, noise, keep, 0.0) == noise_loss(elsewhere, noise, keep, 0.0)
+    assert noise_loss(in_mouth, noise, keep, 9.0) == pytest.approx(10 * noise_loss(elsewhere, noise, keep, 9.0))
+    settings = StepSettings.from_config(OmegaConf.create({"run": {"mask_loss_weight": 4}}))
+    assert settings.mask_loss_weight == 4.0
+    assert StepSettings.from_config(OmegaConf.create({"run": {}})).mask_loss_weight == 0.0
+    from latentsync.errors import UserError
+    with pytest.raises(UserError, match="mask_loss_weight"):
+        StepSettings.from_config(OmegaConf.create({"run": {"mask_loss_weight": -1}}))

@@ -245,6 +245,25 @@ def sync_loss(vision_embeds: torch.Tensor, audio_embeds: torch.Tensor, targets: 
     return F.binary_cross_entropy(similarity, targets)
 
 
+def contrastive_sync_loss(vision_embeds: torch.Tensor, audio_embeds: torch.Tensor, targets: torch.Tensor,
+                          temperature: float = 0.1) -> torch.Tensor:
+    """InfoNCE over the batch, both ways: every in-sync sample's frames must pick their own mel
+    window among all the batch's windows, and its window its own frames among all the batch's
+    frame stacks (the off-sync samples' frames, from the same clip at another time, are the hard
+    negatives). Zero for a batch without in-sync samples.
+
+    Binary cross-entropy alone compares one pair at a time, and its trivial solution (the same
+    embedding for every input, cosine 0.5, loss ln 2) is where small-data runs get stuck; with
+    many negatives per sample a constant embedding scores ln(batch) instead (docs/training.md).
+    """
+    positive = targets.reshape(-1) > SYNC_THRESHOLD
+    if not bool(positive.any()):
+        return vision_embeds.sum() * 0.0
+    logits = vision_embeds.float() @ audio_embeds.float().T / temperature  # [B, B]
+    own = torch.arange(logits.shape[0], device=logits.device)[positive]
+    return 0.5 * (F.cross_entropy(logits[positive], own) + F.cross_entropy(logits.T[positive], own))
+
+
 def sync_accuracy(vision_embeds: torch.Tensor, audio_embeds: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Fraction of samples whose prediction (in sync iff cosine > 0.5) matches the target."""
     predicted = cosine_similarity(vision_embeds, audio_embeds) > SYNC_THRESHOLD

@@ -26,7 +26,7 @@ from latentsync.constants import MODEL_FPS, SAMPLE_RATE
 from latentsync.data.syncnet_dataset import SyncNetDataset, videos_from_config
 from latentsync.errors import UserError
 from latentsync.models.checkpoint import load_into, read_state_dict
-from latentsync.models.stable_syncnet import StableSyncNet, sync_accuracy, sync_loss
+from latentsync.models.stable_syncnet import StableSyncNet, contrastive_sync_loss, sync_accuracy, sync_loss
 from latentsync.training.config import load_training_config
 from latentsync.training.core import History, Run, RunKind, find_resume
 from latentsync.training.options import TrainOptions
@@ -39,6 +39,7 @@ VAL_SEED_OFFSET = 1_000_003  # validation samples never repeat the training draw
 VAL_FRAMES_PER_BATCH = 640  # validation batch = min(640 // num_frames, batch_size), as the reference
 MEL_BINS = 80
 REQUIRED_KEYS = ("data.num_frames", "data.resolution", "data.lower_half", "data.num_val_samples")
+DEFAULT_TEMPERATURE = 0.1  # run.contrastive_temperature: cosines in [0, 1] become logits in [0, 10]
 
 
 def load_config(config_path: str, options: TrainOptions):
@@ -102,10 +103,24 @@ def load_initial_weights(model, ckpt_path: str) -> tuple[int, History]:
     return checkpoint.global_step, History(raw)
 
 
-def train_step(run: Run, model, batches, accum: int) -> dict[str, float]:
+def contrastive_settings(config: DictConfig) -> tuple[float, float]:
+    """(weight, temperature) of the optional InfoNCE term (`run.contrastive_loss_weight`, default 0:
+    the reference's BCE only; `run.contrastive_temperature`); UserError for unusable values."""
+    weight = float(config.run.get("contrastive_loss_weight", 0.0) or 0.0)
+    temperature = float(config.run.get("contrastive_temperature", DEFAULT_TEMPERATURE))
+    if weight < 0 or temperature <= 0:
+        raise UserError(f"config: run.contrastive_loss_weight must be >= 0 and run.contrastive_temperature > 0 "
+                        f"(got {weight}, {temperature})")
+    return weight, temperature
+
+
+def train_step(run: Run, model, batches, accum: int, contrastive: tuple[float, float] = (0.0, 1.0)) -> dict[str, float]:
     """Forward and backward passes over `accum` micro-batches (gradients all-reduced on the last
-    one only); their loss (sum of micro-losses / accum) and accuracy, averaged over processes."""
+    one only); their loss (sum of micro-losses / accum) and accuracy, averaged over processes.
+    The loss is the BCE plus, when `contrastive` = (weight, temperature) has a weight, that
+    weight times the batch InfoNCE (`contrastive_sync_loss`)."""
     accelerator, loss_sum, acc_sum = run.accelerator, 0.0, 0.0
+    weight, temperature = contrastive
     for micro in range(accum):
         batch = next(batches)
         frames, mel, label = (batch[k].to(run.device) for k in ("frames", "mel", "label"))
@@ -113,7 +128,10 @@ def train_step(run: Run, model, batches, accum: int) -> dict[str, float]:
         with sync:
             with accelerator.autocast():
                 vision, audio = model(frames, mel)
-            loss = sync_loss(vision, audio, label) / accum  # fp32
+            loss = sync_loss(vision, audio, label)  # fp32
+            if weight > 0:
+                loss = loss + weight * contrastive_sync_loss(vision, audio, label, temperature)
+            loss = loss / accum
             accelerator.backward(loss)
         loss_sum += run.mean(loss)
         acc_sum += run.mean(sync_accuracy(vision, audio, label)) / accum
@@ -144,6 +162,7 @@ def train(options: TrainOptions) -> Path:
     """Train (or resume) a SyncNet run; returns the run folder."""
     resume, config_path = find_resume(options, KIND)
     config, settings = load_config(config_path, options)
+    contrastive = contrastive_settings(config)
     train_set, val_set = build_datasets(config)  # before any folder is made: bad lists fail first
     run = Run(KIND, config, settings, options, resume)
     data = config.data
@@ -166,7 +185,7 @@ def train(options: TrainOptions) -> Path:
                                                  pin_memory=run.device.type == "cuda")
     model.train()
     while not run.done:
-        losses = train_step(run, model, batches, accum)
+        losses = train_step(run, model, batches, accum, contrastive)
         run.optimizer_step()
         run.record("train", **losses)
         if val_loader is not None and run.validation_due():

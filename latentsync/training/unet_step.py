@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from omegaconf import DictConfig
 
+from latentsync.errors import UserError
 from latentsync.losses.lpips_loss import lower_half_lpips
 from latentsync.losses.noise import mixed_noise, one_step_x0
 from latentsync.models.stable_syncnet import sync_loss
@@ -48,6 +49,7 @@ class StepSettings:
     use_syncnet: bool
     use_mixed_noise: bool = True
     mixed_noise_alpha: float = 1.0
+    mask_loss_weight: float = 0.0  # extra weight of the generated (masked) region in the noise loss
 
     @classmethod
     def from_config(cls, config: DictConfig) -> "StepSettings":
@@ -59,8 +61,11 @@ class StepSettings:
             weights.update({term: 0.0 for term in PIXEL_TERMS})
         if not use_sync:
             weights["sync"] = 0.0
+        mask_weight = float(run.get("mask_loss_weight", 0.0) or 0.0)
+        if mask_weight < 0:
+            raise UserError(f"config: run.mask_loss_weight must be >= 0 (got {mask_weight})")
         return cls(weights, pixel, use_sync, bool(run.get("use_mixed_noise", True)),
-                   float(run.get("mixed_noise_alpha", 1.0)))
+                   float(run.get("mixed_noise_alpha", 1.0)), mask_weight)
 
     @property
     def active_terms(self) -> list[str]:
@@ -133,6 +138,18 @@ def pixel_losses(models: Models, settings: StepSettings, pred: torch.Tensor, bat
     return terms
 
 
+def noise_loss(eps: torch.Tensor, noise: torch.Tensor, keep: torch.Tensor, mask_weight: float) -> torch.Tensor:
+    """MSE of the predicted noise; with `mask_weight` w > 0, latents of the generated region
+    (`keep` = 0: the mouth and jaw the model must invent from the audio) count 1 + w times as much
+    as the rest, which the masked frame already shows; normalised so the loss keeps its scale
+    (w = 0 is the reference's plain MSE)."""
+    squared = (eps.float() - noise.float()) ** 2
+    if mask_weight <= 0:
+        return squared.mean()
+    weights = 1.0 + mask_weight * (1.0 - keep.float())  # [B, 1, F, h, w], broadcast over channels
+    return (squared * weights).mean() / weights.mean()
+
+
 def training_step(models: Models, batch: dict, settings: StepSettings, generator: torch.Generator,
                   autocast=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The weighted loss of one batch and its active terms (see StepSettings.active_terms)."""
@@ -146,7 +163,7 @@ def training_step(models: Models, batch: dict, settings: StepSettings, generator
     audio = batch["audio_embeds"].to(device)
     with autocast if autocast is not None else torch.autocast(device.type, enabled=False):
         eps = unet(torch.cat([noisy, condition], dim=1), timesteps, encoder_hidden_states=audio).sample
-    terms = {"recon": F.mse_loss(eps.float(), noise.float())}
+    terms = {"recon": noise_loss(eps, noise, condition[:, :1], settings.mask_loss_weight)}
     if settings.pixel_space_supervise and any(settings.weights[k] > 0 for k in PIXEL_TERMS):
         x0 = one_step_x0(noisy, eps, models.alphas_cumprod, timesteps)
         terms.update(pixel_losses(models, settings, vae_decode(models.vae, x0), batch, device))
