@@ -354,3 +354,40 @@ def test_mask_loss_weight_counts_the_generated_region_more():
     from latentsync.errors import UserError
     with pytest.raises(UserError, match="mask_loss_weight"):
         StepSettings.from_config(OmegaConf.create({"run": {"mask_loss_weight": -1}}))
+
+
+def test_latent_cache_gives_the_uncached_latents_and_encodes_each_frame_once():
+    """data.cache_latents: same posterior samples as encoding every step (same generator order);
+    frames met before are not encoded again; the reference window reuses the frames' entries."""
+    from diffusers import AutoencoderKL
+
+    from latentsync.training.unet_step import LatentCache, Models, encode_batch
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(block_out_channels=(8, 8), down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=4,
+                        sample_size=16).eval()
+    frames = torch.rand(2, 6, 3, 16, 16) * 2 - 1  # two clips of 6 frames
+    mask = torch.ones(1, 16, 16)
+    mask[:, 8:] = 0
+
+    def batch(starts, refs):
+        pick = lambda s: torch.stack([frames[b, s[b]:s[b] + 2] for b in range(2)])  # noqa: E731
+        return {"gt_pixel_values": pick(starts), "masked_pixel_values": pick(starts) * mask,
+                "ref_pixel_values": pick(refs), "masks": mask.expand(2, 2, 1, 16, 16),
+                "video_path": ["a.mp4", "b.mp4"], "start_idx": torch.tensor(starts), "ref_start_idx": torch.tensor(refs)}
+
+    plain = Models(unet=None, vae=vae, alphas_cumprod=torch.ones(1), num_train_timesteps=1)
+    cached = Models(unet=None, vae=vae, alphas_cumprod=torch.ones(1), num_train_timesteps=1, latent_cache=LatentCache(vae))
+    encoded = []
+    vae.encode = (lambda f: lambda x: (encoded.append(len(x)), f(x))[1])(vae.encode)
+    for starts, refs in (([0, 2], [4, 0]), ([2, 0], [0, 4]), ([0, 2], [4, 0])):
+        expected = encode_batch(plain, batch(starts, refs), torch.Generator().manual_seed(7), "cpu")
+        got = encode_batch(cached, batch(starts, refs), torch.Generator().manual_seed(7), "cpu")
+        for e, g in zip(expected, got):
+            torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5)
+    plain_calls = 3 * 3  # three encodes per plain step
+    cached_frames = sum(encoded) - plain_calls * 4
+    # step 1: gt 4 + masked 4 + ref 4 new frames; step 2: gt a2-3 (b0-1 was a ref), masked 4,
+    # ref b4-5 (a0-1 was a gt frame): 8; step 3 repeats step 1: nothing new
+    assert cached_frames == 12 + 8 + 0, encoded

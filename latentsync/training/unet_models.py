@@ -15,7 +15,7 @@ from latentsync.models.checkpoint import (COMPUTED_BUFFER_SUFFIX, load_into, loa
                                           rename_v1_keys)
 from latentsync.training.pipeline_parts import load_vae, make_scheduler
 from latentsync.training.unet_config import syncnet_settings
-from latentsync.training.unet_step import Models, StepSettings
+from latentsync.training.unet_step import LatentCache, Models, StepSettings
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +88,8 @@ def build_models(config: DictConfig, unet: torch.nn.Module, device: torch.device
         vae.enable_gradient_checkpointing()
     models = Models(unet=unet, vae=vae, alphas_cumprod=scheduler.alphas_cumprod.clone(),
                     num_train_timesteps=int(scheduler.config.num_train_timesteps))
+    if config.data.get("cache_latents", False):
+        models.latent_cache = LatentCache(vae)
     if settings.use_syncnet:
         _, models.syncnet_resolution, models.syncnet_lower_half = syncnet_settings(config, "config")
         syncnet = load_syncnet(config.data.syncnet_config_path, ckpt.syncnet_ckpt_path, device, weight_dtype)
