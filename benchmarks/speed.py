@@ -1,6 +1,6 @@
 """Speed of the inference presets against the reference settings, in one process and one run.
 
-    .venv/bin/python benchmarks/speed.py [--quick] [--frames 16] [--no_write]
+    .venv/bin/python benchmarks/speed.py [--quick] [--frames 16] [--no_write] [--only decode] [--decode_vae DIR]
 
 Runs the whole pipeline (face pass, VAE, UNet, paste-back, encoding) on the same short clip cut
 from assets/demo1_video.mp4 with the reference settings (DDIM 20 steps, fp32, no cache) and each
@@ -14,6 +14,12 @@ Models: the stage2 layout (configs/unet/stage2.yaml, 256 px) and an SD-sized VAE
 weights (every parameter drawn with std 1/sqrt(fan_in), as scripts/make_tiny_checkpoints.py does); `--quick` narrows both (UNet and VAE widths 32..128) so a run fits minutes on a 2-core CPU. The audio features come from the tiny random
 Whisper of scripts/make_tiny_checkpoints.py (64-d, so the UNet's cross_attention_dim is 64).
 Trained models do not exist yet, so quality is reported as distance from the reference settings.
+
+Last, the decode_region table: decoding only the latent rows of the mouth region
+(LipsyncOptions.decode_region "mouth") against the full decode, per margin of extra latent rows, on
+the SD VAE architecture (256 px) and the learnability VAE config (128 px), both with random weights,
+plus any trained VAE folders given with --decode_vae; `--only decode` measures just that table and
+merges it into the existing report.
 
 Writes docs/benchmarks/speed.md and docs/benchmarks/speed.json (unless --no_write).
 """
@@ -51,6 +57,9 @@ CLIP_SIZE = "540:960"  # demo1 scaled 1/2: keeps the face, 4x fewer pixels to de
 KERNEL_OPTIONS = [("fp32", dict()), ("bf16 autocast", dict(autocast="bf16")), ("int8", dict(cpu_kernels="int8")),
                   ("channels_last", dict(cpu_kernels="channels_last")),
                   ("int8+channels_last", dict(cpu_kernels="int8+channels_last"))]
+DECODE_MARGINS = (0, 1, 2, 3, 4)  # latent rows decoded above the mask's first generated row
+DECODE_FRAMES = 4  # aligned demo1 faces per decode (one VAE_BATCH of the pipeline)
+LEARNABILITY_VAE = REPO / "configs/vae/learnability.yaml"
 
 
 # -- set-up --------------------------------------------------------------------------------------
@@ -207,6 +216,117 @@ def kernel_table(pipe, frames: int, repeats: int = 2) -> list[dict]:
     return rows
 
 
+# -- decode_region: decoding only the mouth rows -------------------------------------------------
+
+def aligned_faces(video: Path, resolution: int, count: int) -> torch.Tensor:
+    """The first `count` faces of `video`, aligned as the pipeline aligns them: [n, 3, res, res] in [-1, 1]."""
+    from latentsync.constants import MODEL_FPS
+    from latentsync.face.alignment import AlignRestore
+    from latentsync.face.detectors import make_face_detector
+    from latentsync.face.tracking import FaceTracker
+    from latentsync.video import iter_frames
+
+    tracker, aligner, faces = FaceTracker(make_face_detector("mediapipe")), AlignRestore(resolution), []
+    for chunk in iter_frames(video, fps=MODEL_FPS):
+        for frame in chunk:
+            face = tracker.track(frame)
+            if face is not None and len(faces) < count:
+                faces.append(aligner.align(frame, face.points)[0])
+    if len(faces) < count:
+        raise RuntimeError(f"{video}: only {len(faces)} faces found")
+    return torch.from_numpy(np.stack(faces)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def decode_vaes(trained: list[str]) -> list[tuple[str, object, int]]:
+    """(name, VAE, resolution): SD's VAE architecture at 256 px and the learnability config at 128 px
+    with random weights (std 1/sqrt(fan_in)), and any trained VAE folders given (at their sample_size)."""
+    from diffusers import AutoencoderKL
+    from omegaconf import OmegaConf
+
+    from scripts.make_tiny_checkpoints import SEED, randomize
+
+    generator = torch.Generator().manual_seed(SEED)
+    small = OmegaConf.to_container(OmegaConf.load(LEARNABILITY_VAE).model)
+    vaes = [("SD VAE architecture, random weights", randomize(AutoencoderKL(**SD_VAE), generator), 256),
+            ("learnability VAE config, random weights", randomize(AutoencoderKL(**small), generator), 128)]
+    for folder in trained:
+        vae = AutoencoderKL.from_pretrained(folder)
+        vaes.append((f"trained VAE {Path(folder).parent.name}/{Path(folder).name} ({vae.config.block_out_channels})",
+                     vae, int(vae.config.sample_size)))
+    return vaes
+
+
+def _paired_ratio(fn, baseline, repeats: int) -> tuple[float, object]:
+    """(median of time(fn) / time(baseline) over `repeats` back-to-back pairs, fn's result): pairs
+    cancel most of the drift of a CPU shared with other jobs."""
+    ratios, out = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        baseline()
+        middle = time.perf_counter()
+        out = fn()
+        ratios.append((time.perf_counter() - middle) / (middle - start))
+    return float(np.median(ratios)), out
+
+
+@torch.no_grad()
+def decode_region_rows(name: str, vae, resolution: int, faces: torch.Tensor, repeats: int) -> dict:
+    """Error (0..255 levels, inside the area the mask regenerates) and time of decoding only the
+    mouth rows, per margin, against the full decode of the same latents (the faces' posterior means)."""
+    from latentsync.face.mask import load_mask
+    from latentsync.models.vae import decode_rows, first_generated_row, vae_scale_factor
+
+    vae = vae.eval()
+    mask = load_mask(resolution=resolution)
+    factor = vae_scale_factor(vae)
+    first = first_generated_row(mask, factor)
+    latents = vae.encode(faces).latent_dist.mean
+    start = time.perf_counter()
+    full = vae.decode(latents).sample.clamp(-1, 1)
+    full_seconds = time.perf_counter() - start
+    region = torch.from_numpy(mask[first * factor:] < 0.5).expand(full.shape[0], 3, -1, -1)
+    rows = []
+    for margin in DECODE_MARGINS:
+        ratio, part = _paired_ratio(lambda: decode_rows(vae, latents, first, margin).clamp(-1, 1),
+                                    lambda: vae.decode(latents), repeats)
+        error = (part - full[..., first * factor:, :]).abs()[region] * 127.5
+        rows.append(dict(margin=margin, max_abs_error=round(float(error.max()), 3),
+                         mean_abs_error=round(float(error.mean()), 4), time_ratio=round(ratio, 3)))
+        print(f"decode_region {name} margin {margin}: {rows[-1]}", flush=True)
+    return dict(vae=name, resolution=resolution, latent_rows=latents.shape[-2], first_row=first,
+                frames=faces.shape[0], full_decode_seconds=round(full_seconds, 3), margins=rows)
+
+
+def decode_region_report(video: Path, trained: list[str], repeats: int) -> dict:
+    """The decode_region section of speed.json: one row set per VAE."""
+    from latentsync.models.vae import DECODE_MARGIN
+
+    tables = []
+    for name, vae, resolution in decode_vaes(trained):
+        faces = aligned_faces(video, resolution, DECODE_FRAMES)
+        tables.append(decode_region_rows(name, vae, resolution, faces, repeats))
+    return dict(environment=environment(), default_margin=DECODE_MARGIN, vaes=tables)
+
+
+def decode_markdown(section: dict | None) -> str:
+    if not section:
+        return ""
+    env = section["environment"]
+    lines = [f"Decoding only the mouth rows (`decode_region` mouth, latentsync/models/vae.py `decode_rows`) against "
+             f"the full decode of the same latents (`{section.get('command', '')}` at commit {env['commit']}, "
+             f"{env['date']}, {env['threads']} threads; "
+             f"default margin {section['default_margin']}). Error in 0..255 levels inside the area the mask "
+             f"regenerates; time ratio = mouth decode / full decode (median of back-to-back pairs).", "",
+             "| VAE | px | latent rows decoded | margin | max abs error | mean abs error | time ratio |",
+             "|---|---|---|---|---|---|---|"]
+    for t in section["vaes"]:
+        for r in t["margins"]:
+            decoded = f"{t['latent_rows'] - max(t['first_row'] - r['margin'], 0)} of {t['latent_rows']}"
+            lines.append(f"| {t['vae']} | {t['resolution']} | {decoded} | {r['margin']} | {r['max_abs_error']:.2f} | "
+                         f"{r['mean_abs_error']:.3f} | {r['time_ratio']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
 # -- reporting -----------------------------------------------------------------------------------
 
 def git_commit() -> str:
@@ -279,7 +399,8 @@ Settings:
 One guided UNet call ({report['kernel_frames']} frames x 2) per CPU kernel option, error against fp32:
 
 {kernel_markdown(report['kernels'])}
-"""
+
+{decode_markdown(report.get('decode_region'))}"""
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     for name, text in (("speed.md", md), ("speed.json", json.dumps(report, indent=1) + "\n")):
         tmp = OUT_DIR / f".{name}.partial"
@@ -293,9 +414,16 @@ def main(argv=None) -> int:
     parser.add_argument("--frames", type=int, default=16, help="clip length in frames (16 = one segment)")
     parser.add_argument("--presets", nargs="+", default=list(PRESETS), choices=list(PRESETS))
     parser.add_argument("--no_write", action="store_true", help="print only; leave docs/benchmarks alone")
+    parser.add_argument("--only", choices=["decode"], default=None,
+                        help="decode: measure only the decode_region table and merge it into the existing report")
+    parser.add_argument("--decode_vae", nargs="*", default=[], metavar="DIR",
+                        help="trained diffusers VAE folders to add to the decode_region table")
     args = parser.parse_args(argv)
     command = "python benchmarks/speed.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    report = dict(environment=environment(), clip=f"demo1, first {args.frames} frames at {CLIP_SIZE}",
+    if args.only == "decode":
+        return decode_only(args, command)
+    report = dict(environment=environment(), command=command,
+                  clip=f"demo1, first {args.frames} frames at {CLIP_SIZE}",
                   model=("stage2 layout narrowed to " + str(QUICK_UNET_WIDTHS) + ", VAE " + str(QUICK_VAE_WIDTHS)
                          if args.quick else "stage2 layout (320..1280), SD-sized VAE") + ", random weights")
     print(json.dumps(report["environment"]))
@@ -322,13 +450,37 @@ def main(argv=None) -> int:
         report["runs"] = runs
         report["kernel_frames"] = LipsyncOptions().num_frames
         report["kernels"] = kernel_table(pipe, report["kernel_frames"], repeats=1 if args.quick else 2)
+        report["decode_region"] = decode_region_report(video, args.decode_vae, repeats=2)
+        report["decode_region"]["command"] = command
     print()
     print(table(runs))
     print()
     print(kernel_markdown(report["kernels"]))
+    print()
+    print(decode_markdown(report["decode_region"]))
     if not args.no_write:
         write_reports(report, command)
         print(f"\nwrote {OUT_DIR / 'speed.md'} and {OUT_DIR / 'speed.json'}")
+    return 0
+
+
+def decode_only(args, command: str) -> int:
+    """`--only decode`: the decode_region table alone, merged into the existing speed.json/.md (whose
+    preset and kernel tables, and the command that made them, stay as they are)."""
+    path = OUT_DIR / "speed.json"
+    if not args.no_write and not path.exists():
+        raise SystemExit(f"{path}: no report to merge into; run the whole benchmark first")
+    with tempfile.TemporaryDirectory(prefix="speed-") as tmp:
+        video, _ = make_clip(Path(tmp), DECODE_FRAMES)
+        section = decode_region_report(video, args.decode_vae, repeats=3)
+    section["command"] = command
+    print(decode_markdown(section))
+    if not args.no_write:
+        report = json.loads(path.read_text())
+        report["decode_region"] = section
+        header = (OUT_DIR / "speed.md").read_text().split("`")
+        write_reports(report, report.get("command") or (header[1] if len(header) > 1 else "unknown"))
+        print(f"wrote {OUT_DIR / 'speed.md'} and {path}")
     return 0
 
 

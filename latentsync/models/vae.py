@@ -5,10 +5,14 @@ the latents to about unit variance, the shift (if any) to zero mean. Stable Diff
 `scaling_factor: 0.18215` (1 / the std of its latents on its training images) and has no shift;
 a VAE trained here (scripts/train_vae.py) stores its own measured numbers in the same config
 keys, so whoever encodes or decodes latents should take them from the VAE, not from a constant.
+
+Also here: `decode_rows`, a decode of only the lower latent rows (the mouth region the pipeline
+regenerates), for `LipsyncOptions.decode_region = "mouth"`.
 """
 
 from typing import Iterable, Mapping
 
+import numpy as np
 import torch
 
 SD_SCALING_FACTOR = 0.18215  # Stable Diffusion's VAE (and diffusers' AutoencoderKL default)
@@ -43,3 +47,36 @@ def measure_latent_stats(vae, batches: Iterable[torch.Tensor],
     mean = total / count
     variance = max(total_sq / count - mean * mean, 0.0) * count / (count - 1)
     return mean, variance ** 0.5
+
+
+# -- decoding only the rows the inpainting mask regenerates -------------------------------------
+# The lip-sync pipeline keeps source pixels wherever the mask is 1 (the upper face), so decoding the
+# latent rows above the mouth region is wasted work. The decoder's convolutions see a few latent
+# rows above each output row, and its mid-block self-attention sees every position, so a cropped
+# decode differs a little from the full one; `margin` extra latent rows above the first needed row
+# give the convolutions their context back. docs/benchmarks/speed.md measures the error per margin.
+DECODE_MARGIN = 4  # latent rows decoded above the first generated row (chosen from benchmarks/speed.py)
+
+
+def vae_scale_factor(vae) -> int:
+    """Pixels per latent row (8 for SD's VAE): 2 per down block after the first."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+def first_generated_row(mask, factor: int) -> int:
+    """The first latent row that holds a pixel the mask regenerates (mask < 1; 1 = keep the source
+    pixel) at `factor` pixels per latent row; 0 when the mask regenerates nothing (decode it all)."""
+    rows = np.flatnonzero((np.asarray(mask) < 1).any(axis=-1))
+    return int(rows[0]) // factor if len(rows) else 0
+
+
+def decode_rows(vae, latents: torch.Tensor, first_row: int, margin: int = DECODE_MARGIN) -> torch.Tensor:
+    """Decode the latent rows [first_row - margin, h) of VAE latents `[N, C, h, w]` (unscaled, as
+    `vae.decode` takes them) and return the pixel rows [factor * first_row, factor * h): the lower
+    part of the image, `[N, 3, factor * (h - first_row), factor * w]`. first_row 0 = `vae.decode`."""
+    height = latents.shape[-2]
+    if not 0 <= first_row < height or margin < 0:
+        raise ValueError(f"first_row {first_row} must be in [0, {height}) and margin {margin} >= 0")
+    start = max(first_row - margin, 0)
+    pixels = vae.decode(latents[..., start:, :]).sample
+    return pixels[..., (first_row - start) * vae_scale_factor(vae):, :]

@@ -22,6 +22,7 @@ RANDOM_SEED = -1  # what the CLI and the app take for "draw a random seed" (the 
 ORIGINAL_FPS = "original"  # CLI value of output_fps: the input video's frame rate
 AUTOCAST_MODES = ("off", "auto", "bf16", "fp16")
 CPU_KERNELS = ("none", "int8", "channels_last", "int8+channels_last")
+DECODE_REGIONS = ("full", "mouth")
 # Presets expand into option values; a value given explicitly wins over the preset's.
 # quality = the reference settings; the speed/quality trade-off of the others is measured by
 # benchmarks/speed.py (docs/benchmarks/speed.md).
@@ -29,7 +30,8 @@ PRESETS = {
     "quality": dict(scheduler="ddim", inference_steps=20, enable_deepcache=False, autocast="off", cpu_kernels="none"),
     "balanced": dict(scheduler="dpmpp", inference_steps=10, enable_deepcache=False, autocast="auto",
                      cpu_kernels="none"),
-    "fast": dict(scheduler="dpmpp", inference_steps=6, enable_deepcache=True, autocast="auto", cpu_kernels="none"),
+    "fast": dict(scheduler="dpmpp", inference_steps=6, enable_deepcache=True, autocast="auto", cpu_kernels="none",
+                 decode_region="mouth"),
 }
 PRESET_FLAG = "preset"  # a command-line expansion into the fields above, not a field itself
 
@@ -64,6 +66,9 @@ class LipsyncOptions:
     cpu_kernels: str = option("none", "CPU only: int8 = dynamic int8 quantisation of the UNet's Linear layers; "
                                       "channels_last = NHWC convolutions", choices=CPU_KERNELS)
     compile: bool = option(False, "torch.compile the UNet (slow first segment; needs a C++ compiler on the CPU)")
+    decode_region: str = option("full", "VAE-decode the whole face (full) or only the latent rows of the mouth region "
+                                        "plus a margin (mouth: faster, a few levels off inside the mouth region, "
+                                        "docs/benchmarks/speed.md)", choices=DECODE_REGIONS)
     silence: str = option("mute", "no speech: mute = generate with silent audio (mouth closed); keep = original "
                                   "frames; off = as the reference (no voice detection)", choices=SILENCE_MODES)
     segment_tail: str = option("overlap", "overlap: a run's last segment re-uses earlier frames to stay full "
@@ -76,6 +81,8 @@ class LipsyncOptions:
     output_fps: float | None = option(None, f"frame rate of the output (default: {MODEL_FPS}, the model's rate; "
                                             f"'{ORIGINAL_FPS}': the input's rate)", min=1.0)
     output_height: int | None = option(None, "scale the output to this height (default: the input's)", min=16)
+    segment_batch: int = option(1, "segments denoised together in one UNet call (same frames; mainly faster on a "
+                                   "GPU, more memory)", min=1)
     num_frames: int = option(16, "frames per UNet segment (at most the UNet's max_frames: its motion modules' "
                                  "temporal_position_encoding_max_len, 24 in the released configs)", min=1, cli=False)
     crf: int = option(18, "x264 quality of the output (0 lossless .. 51 worst)", min=0, max=51, cli=False)
