@@ -1,31 +1,44 @@
 """Speed of the inference presets against the reference settings, in one process and one run.
 
-    .venv/bin/python benchmarks/speed.py [--quick] [--frames 16] [--no_write] [--only decode] [--decode_vae DIR]
+    .venv/bin/python benchmarks/speed.py [--quick | --tiny] [--frames 16] [--presets ...] [--no_write]
+                                         [--out_dir DIR] [--only decode] [--decode_vae DIR ...]
 
 Runs the whole pipeline (face pass, VAE, UNet, paste-back, encoding) on the same short clip cut
-from assets/demo1_video.mp4 with the reference settings (DDIM 20 steps, fp32, no cache) and each
-preset of `--preset` (latentsync/pipelines/options.py), and reports per run: seconds per output
-frame end to end, seconds per stage, peak RSS, and the distance of the generated mouth region from
-the reference settings' output (mean absolute difference and PSNR over the area the mask
-regenerates, on the aligned 256 px faces). Then it times one guided UNet call under each CPU
-kernel option (fp32, bf16 autocast, int8 Linear layers, channels_last) with its error against fp32.
+from assets/demo1_video.mp4 with the reference settings (DDIM 20 steps, fp32, no cache, full
+decode), each preset of `--preset` (latentsync/pipelines/options.py) and the VARIANTS below (a
+preset with one option set back, to show that option's share), and reports per run: wall seconds
+per output frame end to end, busy seconds per stage, peak RSS, and the distance of the generated
+mouth region from the reference settings' output (mean absolute difference and PSNR over the area
+the mask regenerates, on the aligned 256 px faces). Then it times one guided UNet call under each
+CPU kernel option (fp32, bf16 autocast, int8 Linear layers, channels_last) with its error against fp32.
+
+The pipeline overlaps its stages (latentsync/pipelines/stages.py): the face pass and the
+paste-back + encoding run in threads next to the model, so stage times do not add up to the wall
+time. Each stage's *busy* seconds are the wall seconds spent inside its own work, its waits for
+the other stages left out (see StageTimer); `outside_model` is the run's wall time minus the
+model's busy time (VAE encode, UNet, VAE decode): the part of the run the overlap did not hide.
 
 Models: the stage2 layout (configs/unet/stage2.yaml, 256 px) and an SD-sized VAE with random
-weights (every parameter drawn with std 1/sqrt(fan_in), as scripts/make_tiny_checkpoints.py does); `--quick` narrows both (UNet and VAE widths 32..128) so a run fits minutes on a 2-core CPU. The audio features come from the tiny random
-Whisper of scripts/make_tiny_checkpoints.py (64-d, so the UNet's cross_attention_dim is 64).
+weights (every parameter drawn with std 1/sqrt(fan_in), as scripts/make_tiny_checkpoints.py does);
+`--quick` narrows both (UNet and VAE widths 32..128) so a run fits minutes on a 2-core CPU; `--tiny`
+uses the tiny test checkpoints of scripts/make_tiny_checkpoints.py (seconds: checks that the
+benchmark runs, its numbers say nothing about real models). The audio features come from the tiny
+random Whisper of scripts/make_tiny_checkpoints.py (64-d, so the UNet's cross_attention_dim is 64).
 Trained models do not exist yet, so quality is reported as distance from the reference settings.
 
 Last, the decode_region table: decoding only the latent rows of the mouth region
 (LipsyncOptions.decode_region "mouth") against the full decode, per margin of extra latent rows, on
-the SD VAE architecture (256 px) and the learnability VAE config (128 px), both with random weights,
-plus any trained VAE folders given with --decode_vae; `--only decode` measures just that table and
-merges it into the existing report.
+the SD VAE architecture (256 px) and the learnability VAE config (128 px), both with random weights
+(with `--tiny`: the tiny VAE), plus any trained VAE folders given with --decode_vae; `--only decode`
+measures just that table and merges it into the existing report.
 
-Writes docs/benchmarks/speed.md and docs/benchmarks/speed.json (unless --no_write).
+Writes speed.md and speed.json to --out_dir (default docs/benchmarks) unless --no_write.
 """
 
 import argparse
+import contextlib
 import datetime
+import itertools
 import json
 import os
 import platform
@@ -41,14 +54,19 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from latentsync.errors import EXIT_USER_ERROR, UserError  # noqa: E402
 from latentsync.pipelines.options import PRESETS, LipsyncOptions, preset_options  # noqa: E402
 
 MEDIA = REPO / "assets"
 OUT_DIR = REPO / "docs" / "benchmarks"
 REFERENCE_NAME = "reference"
 REFERENCE_SETTINGS = dict(scheduler="ddim", inference_steps=20, enable_deepcache=False, autocast="off",
-                          cpu_kernels="none")
-STAGES = ("face_pass", "encode", "denoise", "decode")  # pipeline methods timed; the rest is paste + encode + mux
+                          cpu_kernels="none", decode_region="full")
+# a preset with one option set back to the reference: shows what that option alone buys end to end
+VARIANTS = {"fast, full decode": ("fast", dict(decode_region="full"))}
+MODEL_STAGES = ("encode", "denoise", "decode")  # pipeline methods run by the model (main thread)
+# busy seconds reported per run, in pipeline order (see StageTimer), then outside_model
+STAGES = ("audio", "face_pass", *MODEL_STAGES, "paste_write", "mux")
 SD_VAE = dict(block_out_channels=[128, 256, 512, 512], down_block_types=["DownEncoderBlock2D"] * 4,
               up_block_types=["UpDecoderBlock2D"] * 4, layers_per_block=2, latent_channels=4, sample_size=512)
 QUICK_UNET_WIDTHS = [32, 64, 128, 128]
@@ -81,8 +99,9 @@ def make_clip(tmp: Path, frames: int) -> tuple[Path, Path]:
     return video, audio
 
 
-def build_pipeline(quick: bool, tmp: Path):
-    """LipsyncPipeline with random-weight stage2-layout models (narrowed with --quick) on the CPU."""
+def build_pipeline(size: str, tmp: Path):
+    """LipsyncPipeline on the CPU: the tiny test checkpoints (size "tiny"), or random-weight
+    stage2-layout models ("full", or narrowed with "quick")."""
     from diffusers import AutoencoderKL
     from omegaconf import OmegaConf
 
@@ -94,12 +113,15 @@ def build_pipeline(quick: bool, tmp: Path):
     from scripts.make_tiny_checkpoints import SEED, make_tiny_checkpoints, randomize
 
     tiny = make_tiny_checkpoints(tmp / "tiny")
+    if size == "tiny":
+        return LipsyncPipeline.from_checkpoints(tiny / "unet.yaml", tiny / "latentsync_unet.pt",
+                                                tiny / "whisper/tiny.pt", tiny / "vae", device="cpu")
     encoder = AudioEncoder(tiny / "whisper/tiny.pt", device="cpu")
     config = OmegaConf.load(REPO / "configs/unet/stage2.yaml")
     model = OmegaConf.to_container(config.model)
     model["cross_attention_dim"] = encoder.dim
     vae_config = dict(SD_VAE)
-    if quick:
+    if size == "quick":
         model["block_out_channels"] = QUICK_UNET_WIDTHS
         vae_config["block_out_channels"] = QUICK_VAE_WIDTHS
     # every parameter re-drawn: the default init zeroes the UNet's output layers, which would make
@@ -111,42 +133,102 @@ def build_pipeline(quick: bool, tmp: Path):
                            face_detector=make_face_detector("mediapipe"), resolution=int(config.data.resolution))
 
 
+def model_description(size: str) -> str:
+    return {"tiny": "tiny test checkpoints (scripts/make_tiny_checkpoints.py)",
+            "quick": f"stage2 layout narrowed to {QUICK_UNET_WIDTHS}, VAE {QUICK_VAE_WIDTHS}",
+            "full": "stage2 layout (320..1280), SD-sized VAE"}[size] + ", random weights"
+
+
+def run_settings_list(presets: list[str]) -> dict[str, LipsyncOptions]:
+    """The reference settings, the presets asked for and the VARIANTS of those presets, by name."""
+    settings = {REFERENCE_NAME: LipsyncOptions(**REFERENCE_SETTINGS, show_progress=False)}
+    settings.update({name: preset_options(name, show_progress=False) for name in presets})
+    for name, (preset, values) in VARIANTS.items():
+        if preset in presets:
+            settings[name] = preset_options(preset, show_progress=False, **values)
+    return settings
+
+
 # -- measuring -----------------------------------------------------------------------------------
 
+def on_writer_channel(pipe, wrap) -> None:
+    """Make the pipeline's writer stage read its frames through `wrap(channel.get)` (the writer
+    thread is the channel's only reader; it gets (source frame, generated face or None) per output
+    frame, in output order)."""
+    write_frames = pipe.write_frames
+
+    def wrapper(channel, *args, **kwargs):
+        channel.get = wrap(channel.get)
+        return write_frames(channel, *args, **kwargs)
+
+    pipe.write_frames = wrapper
+
+
 class StageTimer:
-    """Wall time spent in some of the pipeline's methods (wrapped on the instance, so nothing else changes)."""
+    """Busy wall seconds per stage of a run (methods wrapped on the instance, so nothing else changes).
 
-    def __init__(self, pipe, names=STAGES):
-        self.seconds = dict.fromkeys(names, 0.0)
-        for name in names:
-            setattr(pipe, name, self._timed(name, getattr(pipe, name)))
+    audio: the Whisper features; face_pass: the face-pass thread's whole function (it never waits
+    for another stage); encode, denoise, decode: the model's methods on the main thread;
+    paste_write: the writer thread's function (re-reading source frames, pasting back, encoding)
+    less its waits for the model's frames; mux: muxing the speech in (a module function, patched
+    while the timer is entered). Stages overlap, so their sum can exceed the wall time.
+    """
 
-    def _timed(self, name, method):
+    def __init__(self, pipe):
+        self.seconds = dict.fromkeys((*STAGES, "writer_wait"), 0.0)
+        for name in ("face_pass", *MODEL_STAGES):
+            setattr(pipe, name, self.timed(name, getattr(pipe, name)))
+        pipe.audio_encoder.features = self.timed("audio", pipe.audio_encoder.features)
+        pipe.write_frames = self.timed("paste_write", pipe.write_frames)
+        on_writer_channel(pipe, lambda get: self.timed("writer_wait", get))
+
+    def timed(self, name, method):
         def wrapper(*args, **kwargs):
             start = time.perf_counter()
             try:
                 return method(*args, **kwargs)
-            finally:
+            finally:  # each name is timed from one thread only, so no lock is needed
                 self.seconds[name] += time.perf_counter() - start
         return wrapper
+
+    @contextlib.contextmanager
+    def timing_mux(self):
+        from latentsync.pipelines import lipsync_pipeline
+
+        original = lipsync_pipeline.mux_audio
+        lipsync_pipeline.mux_audio = self.timed("mux", original)
+        try:
+            yield
+        finally:
+            lipsync_pipeline.mux_audio = original
 
     def reset(self) -> None:
         self.seconds = dict.fromkeys(self.seconds, 0.0)
 
+    def busy(self) -> dict:
+        seconds = dict(self.seconds)
+        seconds["paste_write"] -= seconds.pop("writer_wait")
+        return seconds
+
 
 class FaceRecorder:
-    """Keeps the generated faces of each output frame (wraps pipe.generate_segment)."""
+    """The generated faces [res, res, 3] in [-1, 1] by output frame, as the writer receives them to
+    paste back (a segment's overlapping tail resolved as written)."""
 
     def __init__(self, pipe):
         self.faces: dict[int, np.ndarray] = {}
-        method = pipe.generate_segment
+        on_writer_channel(pipe, self._recording)
 
-        def wrapper(track, sources, frames, *args, **kwargs):
-            faces = method(track, sources, frames, *args, **kwargs)
-            self.faces.update({j: face.astype(np.float32) for j, face in zip(frames, faces)})
-            return faces
+    def _recording(self, get):
+        count = itertools.count()
 
-        pipe.generate_segment = wrapper
+        def wrapper():
+            item = get()
+            j, face = next(count), item[1]
+            if face is not None:
+                self.faces[j] = face.astype(np.float32)
+            return item
+        return wrapper
 
 
 def reset_peak_rss() -> bool:
@@ -173,15 +255,16 @@ def mouth_distance(faces: dict, reference: dict, mask: np.ndarray) -> dict:
 
 
 def run_settings(pipe, timer, recorder, video, audio, out: Path, opts: LipsyncOptions) -> dict:
-    """One whole pipeline call: timings, peak RSS and the generated faces."""
+    """One whole pipeline call: wall and busy seconds (StageTimer), peak RSS and the generated faces."""
     timer.reset()
     recorder.faces = {}
     rss_reset = reset_peak_rss()
     start = time.perf_counter()
-    result = pipe(video, audio, out, opts)
+    with timer.timing_mux():
+        result = pipe(video, audio, out, opts)
     total = time.perf_counter() - start
-    stages = dict(timer.seconds)
-    stages["paste_write_mux"] = total - sum(stages.values())
+    stages = timer.busy()
+    stages["outside_model"] = total - sum(stages[name] for name in MODEL_STAGES)
     return dict(seconds=total, seconds_per_frame=total / result.num_frames, frames=result.num_frames,
                 stages={k: round(v, 2) for k, v in stages.items()}, peak_rss_mb=round(peak_rss_mb(), 1),
                 peak_rss_is_per_run=rss_reset, options={k: getattr(opts, k) for k in REFERENCE_SETTINGS},
@@ -237,18 +320,22 @@ def aligned_faces(video: Path, resolution: int, count: int) -> torch.Tensor:
     return torch.from_numpy(np.stack(faces)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
 
-def decode_vaes(trained: list[str]) -> list[tuple[str, object, int]]:
+def decode_vaes(trained: list[str], tiny: bool = False) -> list[tuple[str, object, int]]:
     """(name, VAE, resolution): SD's VAE architecture at 256 px and the learnability config at 128 px
-    with random weights (std 1/sqrt(fan_in)), and any trained VAE folders given (at their sample_size)."""
+    (`tiny`: the tiny test VAE at 256 px instead) with random weights (std 1/sqrt(fan_in)), and any
+    trained VAE folders given (at their sample_size)."""
     from diffusers import AutoencoderKL
     from omegaconf import OmegaConf
 
-    from scripts.make_tiny_checkpoints import SEED, randomize
+    from scripts.make_tiny_checkpoints import SEED, VAE_CONFIG, randomize
 
     generator = torch.Generator().manual_seed(SEED)
-    small = OmegaConf.to_container(OmegaConf.load(LEARNABILITY_VAE).model)
-    vaes = [("SD VAE architecture, random weights", randomize(AutoencoderKL(**SD_VAE), generator), 256),
-            ("learnability VAE config, random weights", randomize(AutoencoderKL(**small), generator), 128)]
+    if tiny:
+        vaes = [("tiny test VAE, random weights", randomize(AutoencoderKL(**VAE_CONFIG), generator), 256)]
+    else:
+        small = OmegaConf.to_container(OmegaConf.load(LEARNABILITY_VAE).model)
+        vaes = [("SD VAE architecture, random weights", randomize(AutoencoderKL(**SD_VAE), generator), 256),
+                ("learnability VAE config, random weights", randomize(AutoencoderKL(**small), generator), 128)]
     for folder in trained:
         vae = AutoencoderKL.from_pretrained(folder)
         vaes.append((f"trained VAE {Path(folder).parent.name}/{Path(folder).name} ({vae.config.block_out_channels})",
@@ -297,12 +384,12 @@ def decode_region_rows(name: str, vae, resolution: int, faces: torch.Tensor, rep
                 frames=faces.shape[0], full_decode_seconds=round(full_seconds, 3), margins=rows)
 
 
-def decode_region_report(video: Path, trained: list[str], repeats: int) -> dict:
+def decode_region_report(video: Path, trained: list[str], repeats: int, tiny: bool = False) -> dict:
     """The decode_region section of speed.json: one row set per VAE."""
     from latentsync.models.vae import DECODE_MARGIN
 
     tables = []
-    for name, vae, resolution in decode_vaes(trained):
+    for name, vae, resolution in decode_vaes(trained, tiny):
         faces = aligned_faces(video, resolution, DECODE_FRAMES)
         tables.append(decode_region_rows(name, vae, resolution, faces, repeats))
     return dict(environment=environment(), default_margin=DECODE_MARGIN, vaes=tables)
@@ -346,16 +433,25 @@ def environment() -> dict:
                 native_bf16=native_cpu_dtype(torch.bfloat16), cores=os.cpu_count())
 
 
+# table columns after the settings name: (heading, key in a run's `stages`)
+STAGE_COLUMNS = (("Whisper", "audio"), ("face", "face_pass"), ("VAE enc", "encode"), ("UNet", "denoise"),
+                 ("VAE dec", "decode"), ("paste+write", "paste_write"), ("mux", "mux"),
+                 ("outside model", "outside_model"))
+
+
 def table(runs: dict) -> str:
-    head = (f"| settings | s/frame | speedup | face | VAE enc | UNet | VAE dec | paste+write | peak RSS MB | "
-            f"mouth MAE | mouth PSNR dB |\n|{'---|' * 11}")
-    lines = [head]
+    heads = ["settings", "s/frame", "speedup", *(h for h, _ in STAGE_COLUMNS), "peak RSS MB", "mouth MAE",
+             "mouth PSNR dB"]
+    lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
     for name, r in runs.items():
-        s = r["stages"]
-        lines.append(f"| {name} | {r['seconds_per_frame']:.2f} | {r['speedup']:.2f}x | {s['face_pass']:.1f} | "
-                     f"{s['encode']:.1f} | {s['denoise']:.1f} | {s['decode']:.1f} | {s['paste_write_mux']:.1f} | "
-                     f"{r['peak_rss_mb']:.0f} | {r['mouth_mae']:.2f} | {_db(r['mouth_psnr_db'])} |")
+        stages = [_seconds(r["stages"].get(key)) for _, key in STAGE_COLUMNS]  # "-": a report from before a stage
+        lines.append(f"| {name} | {r['seconds_per_frame']:.2f} | {r['speedup']:.2f}x | " + " | ".join(stages) +
+                     f" | {r['peak_rss_mb']:.0f} | {r['mouth_mae']:.2f} | {_db(r['mouth_psnr_db'])} |")
     return "\n".join(lines)
+
+
+def _seconds(value) -> str:
+    return "-" if value is None else f"{value:.1f}"
 
 
 def _db(value) -> str:
@@ -377,7 +473,7 @@ def settings_lines(runs: dict) -> str:
     return "\n".join(f"- {name}: " + ", ".join(f"{k} {v}" for k, v in r["options"].items()) for name, r in runs.items())
 
 
-def write_reports(report: dict, command: str) -> None:
+def write_reports(report: dict, command: str, out_dir: Path) -> None:
     env, runs = report["environment"], report["runs"]
     md = f"""# Inference speed: presets against the reference settings
 
@@ -387,11 +483,17 @@ Command: `{command}` at commit {env['commit']}, {env['date']}; torch {env['torch
 
 {table(runs)}
 
-Seconds per output frame are end to end (face pass, VAE, UNet, paste-back, encoding, mux); stage
-columns are seconds for the whole clip. Mouth MAE (0..255) and PSNR compare each run's generated
-faces with the reference settings' inside the regenerated (mask) area. The weights are random, so
-these distances show how far a preset's sampling drifts from DDIM-20, not lip-sync quality.
-A preset whose settings equal the reference settings (quality) reuses the reference run.
+Seconds per output frame are the wall time of the whole call (Whisper features, face pass, VAE,
+UNet, paste-back, encoding, mux) over the output frames. The face pass and the paste-back +
+encoding run in threads next to the model (latentsync/pipelines/stages.py), so the stage columns
+are *busy* seconds for the whole clip: time inside each stage's own work, its waits for the other
+stages left out; overlapping stages share the CPU, so they add up to more than the wall time.
+"outside model" is the wall time minus the model's busy time (VAE enc + UNet + VAE dec): what the
+overlap did not hide (Whisper features, waiting for the first faces and for the last frames to be
+written, mux). Mouth MAE (0..255) and PSNR compare each run's generated faces with the reference
+settings' inside the regenerated (mask) area. The weights are random, so these distances show how
+far a preset's sampling drifts from DDIM-20, not lip-sync quality. A run whose settings equal an
+earlier run's (quality = the reference settings) reuses that run.{_variant_lines(runs)}
 
 Settings:
 {settings_lines(runs)}
@@ -401,86 +503,125 @@ One guided UNet call ({report['kernel_frames']} frames x 2) per CPU kernel optio
 {kernel_markdown(report['kernels'])}
 
 {decode_markdown(report.get('decode_region'))}"""
-    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
     for name, text in (("speed.md", md), ("speed.json", json.dumps(report, indent=1) + "\n")):
-        tmp = OUT_DIR / f".{name}.partial"
+        tmp = out_dir / f".{name}.partial"
         tmp.write_text(text)
-        os.replace(tmp, OUT_DIR / name)
+        os.replace(tmp, out_dir / name)
 
 
-def main(argv=None) -> int:
+def _variant_lines(runs: dict) -> str:
+    """What the VARIANTS rows of `runs` are (empty when none ran)."""
+    return "".join(f' "{name}" is the {preset} preset with ' + ", ".join(f"{k} {v}" for k, v in values.items()) + "."
+                   for name, (preset, values) in VARIANTS.items() if name in runs)
+
+
+def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="narrow models (minutes instead of an hour)")
-    parser.add_argument("--frames", type=int, default=16, help="clip length in frames (16 = one segment)")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="narrow models (minutes instead of an hour)")
+    size.add_argument("--tiny", action="store_true", help="the tiny test checkpoints (seconds; checks the benchmark "
+                                                          "runs, says nothing about real speed)")
+    parser.add_argument("--frames", type=int, default=16,
+                        help=f"clip length in frames (16 = one segment; at least {DECODE_FRAMES})")
     parser.add_argument("--presets", nargs="+", default=list(PRESETS), choices=list(PRESETS))
-    parser.add_argument("--no_write", action="store_true", help="print only; leave docs/benchmarks alone")
+    parser.add_argument("--no_write", action="store_true", help="print only; write no report")
+    parser.add_argument("--out_dir", type=Path, default=OUT_DIR, help="folder of speed.md and speed.json")
     parser.add_argument("--only", choices=["decode"], default=None,
                         help="decode: measure only the decode_region table and merge it into the existing report")
     parser.add_argument("--decode_vae", nargs="*", default=[], metavar="DIR",
                         help="trained diffusers VAE folders to add to the decode_region table")
     args = parser.parse_args(argv)
+    if args.frames < DECODE_FRAMES:
+        parser.error(f"--frames {args.frames}: must be at least {DECODE_FRAMES} (the decode_region table's faces)")
+    for folder in args.decode_vae:
+        if not (Path(folder) / "config.json").is_file():
+            parser.error(f"--decode_vae {folder}: not a diffusers VAE folder (no config.json)")
+    args.size = "tiny" if args.tiny else "quick" if args.quick else "full"
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     command = "python benchmarks/speed.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    if args.only == "decode":
-        return decode_only(args, command)
+    try:
+        if args.only == "decode":
+            return decode_only(args, command)
+        return run_all(args, command)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+def measure_runs(pipe, video: Path, audio: Path, tmp: Path, presets: list[str]) -> dict:
+    """One pipeline call per settings (reference, presets, variants), with speedup and mouth distance."""
+    timer, recorder = StageTimer(pipe), FaceRecorder(pipe)
+    settings = run_settings_list(presets)
+    runs = {}
+    for name, opts in settings.items():
+        same = next((earlier for earlier in runs if settings[earlier] == opts), None)
+        if same is not None:  # e.g. quality = the reference settings: not run twice
+            runs[name] = dict(runs[same], same_as=same, same_as_reference=same == REFERENCE_NAME)
+            continue
+        runs[name] = run_settings(pipe, timer, recorder, video, audio, tmp / f"run{len(runs)}.mp4", opts)
+        print(f"{name}: {runs[name]['seconds_per_frame']:.2f} s/frame, busy seconds {runs[name]['stages']}",
+              flush=True)
+    reference = runs[REFERENCE_NAME]
+    reference_faces = reference["faces"]
+    if not reference_faces:
+        raise UserError(f"{MEDIA / 'demo1_video.mp4'}: no face found in the clip's first {reference['frames']} frames")
+    for r in runs.values():
+        r["speedup"] = reference["seconds_per_frame"] / r["seconds_per_frame"]
+        r.update(mouth_distance(r["faces"], reference_faces, pipe.mask))
+    for r in runs.values():
+        r.pop("faces", None)  # shared by runs that reuse another: dropped after every distance is taken
+    return runs
+
+
+def run_all(args, command: str) -> int:
+    """The whole benchmark: presets, kernel options, decode_region table; the reports."""
     report = dict(environment=environment(), command=command,
-                  clip=f"demo1, first {args.frames} frames at {CLIP_SIZE}",
-                  model=("stage2 layout narrowed to " + str(QUICK_UNET_WIDTHS) + ", VAE " + str(QUICK_VAE_WIDTHS)
-                         if args.quick else "stage2 layout (320..1280), SD-sized VAE") + ", random weights")
+                  clip=f"demo1, first {args.frames} frames at {CLIP_SIZE}", model=model_description(args.size))
     print(json.dumps(report["environment"]))
     with tempfile.TemporaryDirectory(prefix="speed-") as tmp:
         tmp = Path(tmp)
         video, audio = make_clip(tmp, args.frames)
-        pipe = build_pipeline(args.quick, tmp)
-        timer, recorder = StageTimer(pipe), FaceRecorder(pipe)
-        settings = {REFERENCE_NAME: LipsyncOptions(**REFERENCE_SETTINGS, show_progress=False)}
-        settings.update({name: preset_options(name, show_progress=False) for name in args.presets})
-        runs = {}
-        for name, opts in settings.items():
-            if name != REFERENCE_NAME and opts == settings[REFERENCE_NAME]:  # e.g. quality: not run twice
-                runs[name] = dict(runs[REFERENCE_NAME], same_as_reference=True)
-                continue
-            runs[name] = run_settings(pipe, timer, recorder, video, audio, tmp / f"{name}.mp4", opts)
-            print(f"{name}: {runs[name]['seconds_per_frame']:.2f} s/frame, stages {runs[name]['stages']}", flush=True)
-        reference = runs[REFERENCE_NAME]
-        reference_faces = reference["faces"]
-        for r in runs.values():
-            faces = r.pop("faces", reference_faces)
-            r["speedup"] = reference["seconds_per_frame"] / r["seconds_per_frame"]
-            r.update(mouth_distance(faces, reference_faces, pipe.mask))
-        report["runs"] = runs
-        report["kernel_frames"] = LipsyncOptions().num_frames
-        report["kernels"] = kernel_table(pipe, report["kernel_frames"], repeats=1 if args.quick else 2)
-        report["decode_region"] = decode_region_report(video, args.decode_vae, repeats=2)
+        pipe = build_pipeline(args.size, tmp)
+        report["runs"] = measure_runs(pipe, video, audio, tmp, args.presets)
+        report["kernel_frames"] = min(LipsyncOptions().num_frames, args.frames)  # one segment of the clip
+        report["kernels"] = kernel_table(pipe, report["kernel_frames"], repeats=1 if args.size != "full" else 2)
+        report["decode_region"] = decode_region_report(video, args.decode_vae, repeats=1 if args.tiny else 2,
+                                                       tiny=args.tiny)
         report["decode_region"]["command"] = command
     print()
-    print(table(runs))
+    print(table(report["runs"]))
     print()
     print(kernel_markdown(report["kernels"]))
     print()
     print(decode_markdown(report["decode_region"]))
     if not args.no_write:
-        write_reports(report, command)
-        print(f"\nwrote {OUT_DIR / 'speed.md'} and {OUT_DIR / 'speed.json'}")
+        write_reports(report, command, args.out_dir)
+        print(f"\nwrote {args.out_dir / 'speed.md'} and {args.out_dir / 'speed.json'}")
     return 0
 
 
 def decode_only(args, command: str) -> int:
     """`--only decode`: the decode_region table alone, merged into the existing speed.json/.md (whose
     preset and kernel tables, and the command that made them, stay as they are)."""
-    path = OUT_DIR / "speed.json"
+    path = args.out_dir / "speed.json"
     if not args.no_write and not path.exists():
-        raise SystemExit(f"{path}: no report to merge into; run the whole benchmark first")
+        raise UserError(f"{path}: no report to merge into; run the whole benchmark first")
     with tempfile.TemporaryDirectory(prefix="speed-") as tmp:
         video, _ = make_clip(Path(tmp), DECODE_FRAMES)
-        section = decode_region_report(video, args.decode_vae, repeats=3)
+        section = decode_region_report(video, args.decode_vae, repeats=1 if args.tiny else 3, tiny=args.tiny)
     section["command"] = command
     print(decode_markdown(section))
     if not args.no_write:
         report = json.loads(path.read_text())
         report["decode_region"] = section
-        header = (OUT_DIR / "speed.md").read_text().split("`")
-        write_reports(report, report.get("command") or (header[1] if len(header) > 1 else "unknown"))
-        print(f"wrote {OUT_DIR / 'speed.md'} and {path}")
+        header = (args.out_dir / "speed.md").read_text().split("`")
+        write_reports(report, report.get("command") or (header[1] if len(header) > 1 else "unknown"), args.out_dir)
+        print(f"wrote {args.out_dir / 'speed.md'} and {path}")
     return 0
 
 
