@@ -18,7 +18,8 @@ REAL_WHISPER = REPO / "checkpoints/whisper/tiny.pt"
 # stage 2 (configs/unet/learnability.yaml says the same): motion modules on, pixel-space losses,
 # the benchmark's SyncNet as a loss, only the motion modules and attentions trained
 STAGE2_OVERRIDES = ["model.use_motion_module=true", "run.pixel_space_supervise=true", "run.use_syncnet=true",
-                    "run.sync_loss_weight=0.05", "run.trainable_modules=[motion_modules.,attentions.]"]
+                    "run.sync_loss_weight=0.05", "run.trainable_modules=[motion_modules.,attentions.]",
+                    "optimizer.lr=2e-4"]
 # OpenAI Whisper tiny's shape (384-d features); used for a seeded random encoder when the real
 # checkpoint is absent (it cannot be downloaded here)
 WHISPER_TINY_DIMS = dict(n_mels=80, n_audio_ctx=1500, n_audio_state=384, n_audio_head=6, n_audio_layer=4,
@@ -47,10 +48,10 @@ class Plan:
 
 
 FULL = Plan(name="full", num_clips=60, heldout_fraction=0.2, min_seconds=5.0, size=256,
-            vae_steps=300, syncnet_steps=600, stage1_steps=600, stage2_steps=200,
-            syncnet_eval_samples=1024, inference_steps=20, max_dubs=12)
+            vae_steps=300, syncnet_steps=1000, stage1_steps=600, stage2_steps=200,
+            syncnet_eval_samples=1024, inference_steps=10, max_dubs=12)
 QUICK = Plan(name="quick", num_clips=12, heldout_fraction=0.25, min_seconds=5.0, size=256,
-             vae_steps=60, syncnet_steps=100, stage1_steps=50, stage2_steps=10,
+             vae_steps=60, syncnet_steps=300, stage1_steps=150, stage2_steps=10,
              syncnet_eval_samples=256, inference_steps=5, max_dubs=3,
              vae_overrides=["latents.scale_samples=128", "data.num_val_frames=16", "ckpt.save_ckpt_steps=30"],
              syncnet_overrides=["data.num_val_samples=64", "run.validation_steps=50", "ckpt.save_ckpt_steps=50"],
