@@ -207,6 +207,11 @@ def test_scheduler_is_built_from_the_shipped_json(tmp_path):
 
 # -- SIGTERM / SIGINT ----------------------------------------------------------------------------
 
+def default_signals() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 LONG_JOB = """
 import sys, tempfile, time
 from scripts._cli import run_cli
@@ -225,7 +230,10 @@ sys.exit(run_cli(job))
 @pytest.mark.parametrize("signum, code, line", [(signal.SIGTERM, 143, "error: terminated (SIGTERM)"),
                                                 (signal.SIGINT, 130, "error: interrupted")])
 def test_cli_stopped_by_signal_removes_its_temp_folder(tmp_path, signum, code, line):
+    # default signal dispositions in the child: a CI job started in the background inherits an
+    # ignored SIGINT, and Python then never raises KeyboardInterrupt (a terminal's Ctrl-C is not ignored)
     process = subprocess.Popen([sys.executable, "-c", LONG_JOB, str(tmp_path)], cwd=REPO, text=True,
+                               preexec_fn=default_signals,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert process.stdout.readline().strip() == "ready"
     assert len(leftovers(tmp_path)) == 1
