@@ -612,16 +612,27 @@ def write_audio_wav(path: PathLike, samples: np.ndarray, sample_rate: int) -> No
         soundfile.write(str(temp), np.asarray(samples), int(sample_rate), "PCM_16", format="WAV")
 
 
+def keyframe_args(interval: int | None) -> list[str]:
+    """ffmpeg output options putting a key frame on every `interval`-th frame (0, n, 2n, ...);
+    none for None. x264's own scene-cut key frames stay."""
+    return [] if not interval else ["-force_key_frames", f"expr:eq(mod(n,{interval}),0)"]
+
+
 def resample_video(
     in_path: PathLike,
     out_path: PathLike,
     fps: float = DEFAULT_FPS,
     audio_rate: int = DATA_AUDIO_RATE,
+    keyframe_interval: int | None = None,
+    info: VideoInfo | None = None,
 ) -> None:
     """Re-encode a clip to constant `fps` H.264 (display orientation) with mono AAC audio at
-    `audio_rate` (no audio track if the input has none). Frames follow the same timestamp rule
-    as `iter_frames(in_path, fps)`. Temp name + rename."""
-    info = probe_video(in_path)
+    `audio_rate` (no audio track if the input has none), with a key frame every
+    `keyframe_interval` output frames if given (the fps filter runs first, so frame n of the
+    output is frame n at `fps`). Frames follow the same timestamp rule as
+    `iter_frames(in_path, fps)`. `info`: the input's `probe_video`, if the caller has it.
+    Temp name + rename."""
+    info = info or probe_video(in_path)
     filters = [f"fps={_as_fraction(fps)}"]  # ffmpeg rotates to display orientation before this
     if info.width % 2 or info.height % 2:
         right, bottom = info.width % 2, info.height % 2
@@ -633,6 +644,7 @@ def resample_video(
         "-i", info.path, "-map", "0:v:0", "-map", "0:a:0?",
         "-vf", ",".join(filters),
         "-c:v", "libx264", "-crf", str(DEFAULT_CRF), "-pix_fmt", "yuv420p",
+        *keyframe_args(keyframe_interval),
         "-c:a", "aac", "-ar", str(int(audio_rate)), "-ac", "1",
         "-movflags", "+faststart", "-f", "mp4",
     ]  # fmt: skip

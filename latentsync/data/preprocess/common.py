@@ -16,6 +16,7 @@ from pathlib import Path
 from latentsync.checkpoints import CHECKPOINTS_DIR, default_path
 from latentsync.constants import MODEL_FPS, SAMPLE_RATE
 from latentsync.io import TEMP_MARK, atomic_output, discard, run_ffmpeg, temp_path_for  # noqa: F401
+from latentsync.video import keyframe_args
 
 FPS = MODEL_FPS  # every stage from 2 on works on constant 25 fps video
 AUDIO_RATE = SAMPLE_RATE  # and 16 kHz mono audio
@@ -128,30 +129,29 @@ def segment_frames(options: PipelineOptions) -> int:
     return round(options.segment_seconds * FPS)
 
 
-def keyframe_args(interval: int | None) -> list[str]:
-    """ffmpeg output options putting a key frame on every `interval`-th frame (0, n, 2n, ...);
-    none for None. x264's own scene-cut key frames stay."""
-    return [] if not interval else ["-force_key_frames", f"expr:eq(mod(n,{interval}),0)"]
-
-
 def cut_clip(src: Path, dst: Path, start_frame: int, num_frames: int, fps: int = FPS,
-             keyframe_interval: int | None = None) -> None:
-    """Re-encode frames [start, start + num) of a constant-`fps` clip and the matching audio.
+             keyframe_interval: int | None = None, copy_video: bool = False) -> None:
+    """Frames [start, start + num) of a constant-`fps` clip and the matching audio (AAC 16 kHz
+    mono, sample-accurate: a few ms of work).
 
-    Input seeking with re-encoding is frame accurate (ffmpeg decodes from the key frame before
-    the start and discards what precedes it); video H.264 crf 18, audio AAC 16 kHz mono; a key
-    frame every `keyframe_interval` frames if given.
+    Re-encoded (default): input seeking with re-encoding is frame accurate (ffmpeg decodes from
+    the key frame before the start and discards what precedes it); H.264 crf 18, a key frame
+    every `keyframe_interval` frames if given. `copy_video`: the video stream is copied, which is
+    only valid where `streams.StreamLayout.can_copy(start, start + num)` holds (the input is
+    seeked to the key frame at `start`, and the first `num` packets in decode order are then
+    exactly the frames).
     """
     start, duration = start_frame / fps, num_frames / fps
+    video = ["-c:v", "copy"] if copy_video else \
+        ["-c:v", "libx264", "-crf", str(CRF), "-pix_fmt", "yuv420p", *keyframe_args(keyframe_interval)]
     args = [
         "-ss", f"{start:.6f}", "-i", str(src), "-t", f"{duration:.6f}",
-        "-map", "0:v:0", "-map", "0:a:0?", "-frames:v", str(num_frames),
-        "-c:v", "libx264", "-crf", str(CRF), "-pix_fmt", "yuv420p",
-        *keyframe_args(keyframe_interval),
+        "-map", "0:v:0", "-map", "0:a:0?", "-frames:v", str(num_frames), *video,
         "-c:a", "aac", "-ar", str(AUDIO_RATE), "-ac", "1",
         "-movflags", "+faststart", "-f", "mp4",
     ]  # fmt: skip
-    run_ffmpeg(args, dst, f"cut frames {start_frame}-{start_frame + num_frames - 1} of {src}")
+    verb = "copy" if copy_video else "cut"
+    run_ffmpeg(args, dst, f"{verb} frames {start_frame}-{start_frame + num_frames - 1} of {src}")
 
 
 # --------------------------------------------------------------------------------------------

@@ -11,15 +11,13 @@ it by stream copy: the clip is encoded once. `--reencode always` re-encodes ever
 
 from __future__ import annotations
 
-from fractions import Fraction
 from pathlib import Path
 
-from latentsync.data.preprocess.common import (AUDIO_RATE, CRF, FPS, PipelineOptions,
-                                               StageResult, keyframe_args, output_name,
-                                               public_mode, run_ffmpeg, segment_frames)
+from latentsync.data.preprocess.common import (AUDIO_RATE, FPS, PipelineOptions, StageResult,
+                                               output_name, public_mode, run_ffmpeg, segment_frames)
 from latentsync.data.preprocess.streams import read_layout
 from latentsync.errors import UserError
-from latentsync.video import VideoInfo, probe_video, resample_video
+from latentsync.video import probe_video, resample_video
 
 FOLDER = "resampled"
 COPIED, AUDIO_ONLY, REENCODED = "stream copy", "video copied, audio re-encoded", "re-encoded"
@@ -53,22 +51,7 @@ def write_resampled(input_path: Path, out: Path, options: PipelineOptions) -> st
                 "-movflags", "+faststart", "-f", "mp4"]
         run_ffmpeg(args, out, f"copy the streams of {info.path}")
         return COPIED if layout.audio_conforms else AUDIO_ONLY
-    run_ffmpeg(encode_args(info, segment_frames(options)), out, f"resample {info.path}")
+    resample_video(input_path, out, fps=FPS, audio_rate=AUDIO_RATE,
+                   keyframe_interval=segment_frames(options), info=info)
     return REENCODED
 
-
-def encode_args(info: VideoInfo, keyframe_interval: int) -> list[str]:
-    """ffmpeg arguments of `resample_video`'s encode plus a key frame every `keyframe_interval`
-    output frames (the fps filter runs first, so frame n of the output is frame n at 25 fps)."""
-    filters = [f"fps={Fraction(FPS)}"]  # ffmpeg rotates to display orientation before this
-    if info.width % 2 or info.height % 2:
-        right, bottom = info.width % 2, info.height % 2
-        filters += [f"pad=w={info.width + right}:h={info.height + bottom}",
-                    f"fillborders=right={right}:bottom={bottom}:mode=smear"]
-    return [
-        "-i", info.path, "-map", "0:v:0", "-map", "0:a:0?", "-vf", ",".join(filters),
-        "-c:v", "libx264", "-crf", str(CRF), "-pix_fmt", "yuv420p",
-        *keyframe_args(keyframe_interval),
-        "-c:a", "aac", "-ar", str(AUDIO_RATE), "-ac", "1",
-        "-movflags", "+faststart", "-f", "mp4",
-    ]  # fmt: skip

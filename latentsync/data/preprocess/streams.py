@@ -20,7 +20,7 @@ from pathlib import Path
 
 import av
 
-from latentsync.data.preprocess.common import AUDIO_RATE, FPS, cut_clip, run_ffmpeg
+from latentsync.data.preprocess.common import AUDIO_RATE, FPS, cut_clip
 from latentsync.errors import UserError
 
 COPY_VIDEO_CODECS = ("h264", "hevc", "mpeg4")  # what an .mp4 holds and every stage decodes
@@ -132,23 +132,6 @@ def _fill_frames(layout: StreamLayout, packets: list, time_base: Fraction,
     layout.splits, layout.starts = frozenset(splits), frozenset(starts)
 
 
-def copy_clip(src: Path, dst: Path, start_frame: int, num_frames: int) -> None:
-    """Frames [start, start + num) of a constant-25-fps clip by video stream copy, with the
-    matching audio re-encoded (AAC 16 kHz mono, sample-accurate: a few ms of work).
-
-    Only valid where `StreamLayout.can_copy(start, start + num)`: the input is seeked to the key
-    frame at `start`, and the first `num` packets in decode order are then exactly the frames.
-    """
-    start, duration = Fraction(start_frame, FPS), Fraction(num_frames, FPS)
-    args = [
-        "-ss", f"{float(start):.6f}", "-i", str(src), "-t", f"{float(duration):.6f}",
-        "-map", "0:v:0", "-map", "0:a:0?", "-frames:v", str(num_frames),
-        "-c:v", "copy", "-c:a", "aac", "-ar", str(AUDIO_RATE), "-ac", "1",
-        "-movflags", "+faststart", "-f", "mp4",
-    ]  # fmt: skip
-    run_ffmpeg(args, dst, f"copy frames {start_frame}-{start_frame + num_frames - 1} of {src}")
-
-
 def cut_piece(src: Path, dst: Path, start: int, end: int, layout: StreamLayout | None,
               keyframe_interval: int | None = None) -> bool:
     """Frames [start, end) of `src` into `dst`: by stream copy where `layout` allows it and the
@@ -157,7 +140,7 @@ def cut_piece(src: Path, dst: Path, start: int, end: int, layout: StreamLayout |
     `layout` None (the `--reencode always` path) always re-encodes.
     """
     if layout is not None and layout.can_copy(start, end):
-        copy_clip(src, dst, start, end - start)
+        cut_clip(src, dst, start, end - start, copy_video=True)
         copied = read_layout(dst)
         if copied.num_frames == end - start and copied.constant_rate:
             return True
