@@ -30,6 +30,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from latentsync.data.preprocess import PipelineOptions, run_pipeline  # noqa: E402
 from latentsync.data.preprocess.runner import LEDGER_DIR, STAGE_BY_NUMBER  # noqa: E402
+from latentsync.io import atomic_write_text  # noqa: E402
 from latentsync.video import probe_video  # noqa: E402
 
 DEFAULT_VIDEOS = (REPO / "assets" / "demo1_video.mp4", REPO / "assets" / "demo2_video.mp4")
@@ -158,9 +159,7 @@ Final clips: always {len(report['runs']['always']['clips'])}, auto {len(report['
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     for name, text in (("data_pipeline.md", md),
                        ("data_pipeline.json", json.dumps(report, indent=1) + "\n")):
-        tmp = OUT_DIR / f".{name}.partial"
-        tmp.write_text(text)
-        os.replace(tmp, OUT_DIR / name)
+        atomic_write_text(OUT_DIR / name, text)
 
 
 def main(argv=None) -> int:

@@ -55,6 +55,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from latentsync.errors import EXIT_USER_ERROR, UserError  # noqa: E402
+from latentsync.io import atomic_write_text  # noqa: E402
 from latentsync.pipelines.options import PRESETS, LipsyncOptions, preset_options  # noqa: E402
 
 MEDIA = REPO / "assets"
@@ -505,9 +506,7 @@ One guided UNet call ({report['kernel_frames']} frames x 2) per CPU kernel optio
 {decode_markdown(report.get('decode_region'))}"""
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, text in (("speed.md", md), ("speed.json", json.dumps(report, indent=1) + "\n")):
-        tmp = out_dir / f".{name}.partial"
-        tmp.write_text(text)
-        os.replace(tmp, out_dir / name)
+        atomic_write_text(out_dir / name, text)
 
 
 def _variant_lines(runs: dict) -> str:

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from latentsync.constants import MODEL_FPS, SAMPLE_RATE
+from latentsync.io import atomic_write_text
 
 VARIANTS = ("dub", "input", "zero_audio", "other_audio", "truth")
 MODEL_VARIANTS = {"dub": "speech.wav", "zero_audio": "zero.wav", "other_audio": "other.wav"}
@@ -114,7 +115,5 @@ def score_clip(corpus: Path, folder: Path, clip: dict, new: dict, n_out: int, sy
                                mouth_ssim=ssim, mouth_psnr=psnr,
                                opening=[None if not np.isfinite(x) else round(float(x), 4) for x in opening])
     scores["truth_track"] = [round(float(x), 4) for x in truth_track]
-    temp = cached.with_name(".scores.json.partial")
-    temp.write_text(json.dumps(scores))
-    os.replace(temp, cached)
+    atomic_write_text(cached, json.dumps(scores))
     return scores

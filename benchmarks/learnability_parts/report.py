@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 
 from benchmarks.learnability_parts.dubbing import VARIANTS
+from latentsync.io import atomic_write_text
 
 LABELS = {"dub": "dub (model, new speech)", "input": "control: input video unchanged",
           "zero_audio": "control: model, zeroed audio", "other_audio": "control: model, third sentence's audio",
@@ -180,7 +180,5 @@ def write_report(folder: Path, summary: dict, clips: list[dict], steps: dict, hi
     opening_chart(clips[0], folder / "opening.png")
     for name, text in (("learnability.md", markdown(summary, clips, steps, command, commit)),
                        ("summary.json", json.dumps(summary, indent=1))):
-        temp = folder / f".{name}.partial"
-        temp.write_text(text)
-        os.replace(temp, folder / name)
+        atomic_write_text(folder / name, text)
     return folder / "learnability.md"
