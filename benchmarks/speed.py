@@ -311,11 +311,13 @@ def aligned_faces(video: Path, resolution: int, count: int) -> torch.Tensor:
     from latentsync.video import iter_frames
 
     tracker, aligner, faces = FaceTracker(make_face_detector("mediapipe")), AlignRestore(resolution), []
-    for chunk in iter_frames(video, fps=MODEL_FPS):
-        for frame in chunk:
-            face = tracker.track(frame)
-            if face is not None and len(faces) < count:
-                faces.append(aligner.align(frame, face.points)[0])
+    frames = (frame for chunk in iter_frames(video, fps=MODEL_FPS) for frame in chunk)
+    for frame in frames:
+        face = tracker.track(frame)
+        if face is not None:
+            faces.append(aligner.align(frame, face.points)[0])
+            if len(faces) == count:
+                break  # the rest of the video is not needed
     if len(faces) < count:
         raise RuntimeError(f"{video}: only {len(faces)} faces found")
     return torch.from_numpy(np.stack(faces)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
