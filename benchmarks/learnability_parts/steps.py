@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from benchmarks.learnability_parts.plan import REPO
+from latentsync.io import atomic_write_text
 
 STEPS_FILE = "steps.json"
 PARTIAL_KEY = "_interrupted"
@@ -83,9 +84,7 @@ class Steps:
         return result
 
     def save(self) -> None:
-        temp = self.path.with_name(f".{STEPS_FILE}.partial")
-        temp.write_text(json.dumps({**self.done, PARTIAL_KEY: self.partial}, indent=1))
-        os.replace(temp, self.path)
+        atomic_write_text(self.path, json.dumps({**self.done, PARTIAL_KEY: self.partial}, indent=1))
 
     def total_seconds(self) -> float:
         return sum(entry["seconds"] for entry in self.done.values())
