@@ -167,7 +167,7 @@ def test_readme_preset_table_matches_the_presets():
         cells = [c.strip() for c in row.strip().strip("|").split("|")]
         assert cells[1:] == [values["scheduler"], str(values["inference_steps"]),
                              "on" if values["enable_deepcache"] else "off", values["autocast"],
-                             values["cpu_kernels"]], name
+                             values["cpu_kernels"], values["decode_region"]], name
 
 
 def test_segment_length_limit_comes_from_the_unet_config():

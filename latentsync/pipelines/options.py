@@ -27,9 +27,10 @@ DECODE_REGIONS = ("full", "mouth")
 # quality = the reference settings; the speed/quality trade-off of the others is measured by
 # benchmarks/speed.py (docs/benchmarks/speed.md).
 PRESETS = {
-    "quality": dict(scheduler="ddim", inference_steps=20, enable_deepcache=False, autocast="off", cpu_kernels="none"),
+    "quality": dict(scheduler="ddim", inference_steps=20, enable_deepcache=False, autocast="off", cpu_kernels="none",
+                    decode_region="full"),
     "balanced": dict(scheduler="dpmpp", inference_steps=10, enable_deepcache=False, autocast="auto",
-                     cpu_kernels="none"),
+                     cpu_kernels="none", decode_region="full"),
     "fast": dict(scheduler="dpmpp", inference_steps=6, enable_deepcache=True, autocast="auto", cpu_kernels="none",
                  decode_region="mouth"),
 }
