@@ -44,11 +44,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--work_dir", required=True, help="folder for everything the run writes (resumable)")
     parser.add_argument("--quick", action="store_true", help="small run (about 8 minutes) that asserts the trend")
     parser.add_argument("--threads", type=int, default=1,
-                        help="CPU threads of each step (1: on a busy machine more threads were slower)")
+                        help="CPU threads of each step that runs beside others (1: on a busy machine more "
+                             "threads were slower); a step that runs alone gets threads x jobs")
+    parser.add_argument("--jobs", type=int, default=2,
+                        help="steps run side by side: the two data splits, the SyncNet beside the VAE and the "
+                             "UNet's first stage, and the dubs (1: one step at a time)")
     parser.add_argument("--whisper_path", default=None,
                         help=f"Whisper checkpoint (default: {REAL_WHISPER.relative_to(REPO)} if present, "
                              "else a seeded random Whisper-tiny encoder)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    for flag in ("threads", "jobs"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag} must be at least 1, got {getattr(args, flag)}")
+    return args
 
 
 # -- steps ---------------------------------------------------------------------------------------
@@ -146,25 +154,36 @@ def evaluate_syncnet(layout: Layout, plan: Plan) -> dict:
     return result
 
 
-def dub_all(layout: Layout, plan: Plan, whisper: str) -> dict:
+def dub_all(layout: Layout, plan: Plan, whisper: str, jobs: int) -> dict:
+    """Every held-out clip's dubs, `jobs` clips at a time (one pipeline per worker thread)."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
     from benchmarks.learnability_parts import dubbing
     from latentsync.pipelines.lipsync_pipeline import LipsyncPipeline
     from latentsync.pipelines.options import LipsyncOptions
     from latentsync.synthetic.corpus import read_manifest
 
     stage2 = layout.run_dir("unet_stage2")
-    pipeline = LipsyncPipeline.from_checkpoints(
-        unet_config_path=stage2 / "config.yaml",
-        inference_ckpt_path=layout.checkpoint("unet_stage2", plan.stage1_steps + plan.stage2_steps),
-        whisper_ckpt_path=whisper, vae_path=layout.vae, device="cpu")
     options = LipsyncOptions(inference_steps=plan.inference_steps, seed=SEED, show_progress=False)
-    frames = {}
-    for clip, new, third in dubbing.dub_pairs(read_manifest(layout.corpus), plan.max_dubs):
+    local = threading.local()
+
+    def dub(pair) -> tuple[str, int]:
+        clip, new, third = pair
+        if not hasattr(local, "pipeline"):
+            local.pipeline = LipsyncPipeline.from_checkpoints(
+                unet_config_path=stage2 / "config.yaml",
+                inference_ckpt_path=layout.checkpoint("unet_stage2", plan.stage1_steps + plan.stage2_steps),
+                whisper_ckpt_path=whisper, vae_path=layout.vae, device="cpu")
         folder = layout.dubs / dubbing.clip_name(clip)
-        frames[dubbing.clip_name(clip)] = dubbing.prepare_inputs(layout.corpus, folder, clip, new, third)
-        dubbing.make_dubs(pipeline, options, layout.corpus, folder, clip)
+        n_out = dubbing.prepare_inputs(layout.corpus, folder, clip, new, third)
+        dubbing.make_dubs(local.pipeline, options, layout.corpus, folder, clip)
         print(f"    dubbed {dubbing.clip_name(clip)} with {dubbing.clip_name(new)}", flush=True)
-    return dict(frames=frames)
+        return dubbing.clip_name(clip), n_out
+
+    pairs = dubbing.dub_pairs(read_manifest(layout.corpus), plan.max_dubs)
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        return dict(frames=dict(pool.map(dub, pairs)))
 
 
 def score_all(layout: Layout, plan: Plan, frames: dict) -> dict:
@@ -222,28 +241,36 @@ def run(args: argparse.Namespace) -> dict:
     plan = PLANS["quick" if args.quick else "full"]
     layout = Layout(Path(args.work_dir).resolve())
     layout.root.mkdir(parents=True, exist_ok=True)
-    steps = Steps(layout.root, total=11)
-    t = args.threads
-    steps.run("corpus", lambda: make_corpus(plan, layout, t))
-    for split in SPLITS:
-        steps.run(f"data_{split}", lambda split=split: run_data_pipeline(layout, split, t))
+    steps = Steps(layout.root, total=11, jobs=args.jobs)
+    t, alone = args.threads, args.threads * args.jobs
+    steps.run("corpus", lambda: make_corpus(plan, layout, alone))
+    steps.parallel("data", *[lambda split=split: steps.run(f"data_{split}", lambda: run_data_pipeline(layout, split, t))
+                             for split in SPLITS])
     whisper = steps.run("whisper", lambda: make_whisper(layout, args.whisper_path))
-    steps.run("vae", lambda: train(layout, "scripts.train_vae", "--config_path", VAE_CONFIG, "vae",
-                                   plan.vae_steps, [f"data.train_data_dir={layout.clips('train')}",
-                                                    *plan.vae_overrides], t))
-    steps.run("syncnet", lambda: train(layout, "scripts.train_syncnet", "--config_path", SYNCNET_CONFIG, "syncnet",
-                                       plan.syncnet_steps, [*data_overrides(layout),
-                                                            f"data.val_data_dir={layout.clips('heldout')}",
-                                                            *plan.syncnet_overrides], t))
-    accuracy = steps.run("syncnet_eval", lambda: evaluate_syncnet(layout, plan))
     base = unet_overrides(layout, plan, whisper["path"])
-    steps.run("unet_stage1", lambda: train(layout, "scripts.train_unet", "--unet_config_path", UNET_CONFIG,
-                                           "unet_stage1", plan.stage1_steps, base, t))
+    results = {}
+
+    def syncnet_chain():  # the SyncNet needs only the data ...
+        steps.run("syncnet", lambda: train(layout, "scripts.train_syncnet", "--config_path", SYNCNET_CONFIG,
+                                           "syncnet", plan.syncnet_steps,
+                                           [*data_overrides(layout), f"data.val_data_dir={layout.clips('heldout')}",
+                                            *plan.syncnet_overrides], t))
+        results["accuracy"] = steps.run("syncnet_eval", lambda: evaluate_syncnet(layout, plan))
+
+    def unet_chain():  # ... and the UNet's first stage only the VAE: they train side by side
+        steps.run("vae", lambda: train(layout, "scripts.train_vae", "--config_path", VAE_CONFIG, "vae",
+                                       plan.vae_steps, [f"data.train_data_dir={layout.clips('train')}",
+                                                        *plan.vae_overrides], t))
+        steps.run("unet_stage1", lambda: train(layout, "scripts.train_unet", "--unet_config_path", UNET_CONFIG,
+                                               "unet_stage1", plan.stage1_steps, base, t))
+
+    steps.parallel("training", syncnet_chain, unet_chain)
+    accuracy = results["accuracy"]
     stage2 = [*base, *STAGE2_OVERRIDES,
               f"ckpt.resume_ckpt_path={layout.checkpoint('unet_stage1', plan.stage1_steps)}"]
     steps.run("unet_stage2", lambda: train(layout, "scripts.train_unet", "--unet_config_path", UNET_CONFIG,
-                                           "unet_stage2", plan.stage1_steps + plan.stage2_steps, stage2, t))
-    dubs = steps.run("dubs", lambda: dub_all(layout, plan, whisper["path"]))
+                                           "unet_stage2", plan.stage1_steps + plan.stage2_steps, stage2, alone))
+    dubs = steps.run("dubs", lambda: dub_all(layout, plan, whisper["path"], args.jobs))
     scores = steps.run("score", lambda: score_all(layout, plan, dubs["frames"]))
     extra = dict(whisper=whisper["kind"], cpu_minutes=round(steps.total_cpu_seconds() / 60, 2),
                  steps={k: v["seconds"] for k, v in steps.done.items()})

@@ -8,13 +8,14 @@ accuracy >= 0.75 and dubs whose measured mouth opening follows the new speech at
 import json
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 
 from benchmarks.learnability_parts import scoring
 from benchmarks.learnability_parts.dubbing import dub_pairs
-from benchmarks.learnability_parts.steps import Steps
+from benchmarks.learnability_parts.steps import Steps, StepFailed, run_module
 from conftest import REPO
 
 SUMMARY_KEYS = ("syncnet_heldout_accuracy", "dub_mouth_correlation", "zero_audio_mouth_correlation",
@@ -44,6 +45,50 @@ def test_steps_are_recorded_skipped_and_keep_interrupted_time(tmp_path):
     assert calls == ["a", "b"]
     assert again.done["b"]["seconds"] >= 0 and again.done["b"]["peak_rss_kb"] > 0
     assert "_interrupted" in json.loads((tmp_path / "steps.json").read_text())
+
+
+def timeit_child(tmp_path, name: str, *statements: str):
+    """A step action running `python -m timeit` once on `statements` as a child process."""
+    return lambda: run_module("timeit", ["-n", "1", "-r", "1", "-s", "import time", *statements],
+                              tmp_path / f"{name}.log", 1) or {}
+
+
+def test_side_by_side_chains_count_once_and_measure_their_own_children(tmp_path):
+    steps = Steps(tmp_path, total=3, jobs=2)
+    busy = timeit_child(tmp_path, "a", "t = time.process_time()", "while time.process_time() - t < 0.5: pass")
+    steps.parallel("g", lambda: steps.run("a", busy),
+                   lambda: (steps.run("b", lambda: time.sleep(0.5) or {}),
+                            steps.run("c", timeit_child(tmp_path, "c", "pass"))))
+    assert {n: steps.done[n]["chain"] for n in "abc"} == {"a": "g/0", "b": "g/1", "c": "g/1"}
+    assert steps.done["a"]["cpu_seconds"] >= 0.5  # its child's CPU ...
+    assert steps.done["b"]["cpu_seconds"] < 0.3  # ... not counted for the step beside it
+    chain_1 = steps.done["b"]["seconds"] + steps.done["c"]["seconds"]
+    assert steps.total_seconds() == pytest.approx(max(steps.done["a"]["seconds"], chain_1), abs=0.11)
+    assert steps.total_seconds() < sum(e["seconds"] for e in steps.done.values())
+
+
+def test_a_failing_chain_stops_the_other_chains_child_and_is_raised(tmp_path):
+    steps = Steps(tmp_path, total=2, jobs=2)
+    started = time.time()
+
+    def fail():
+        time.sleep(1.0)
+        raise StepFailed("chain 1 broke")
+
+    with pytest.raises(StepFailed, match="chain 1 broke"):
+        steps.parallel("g", lambda: steps.run("slow", timeit_child(tmp_path, "slow", "time.sleep(60)")),
+                       lambda: steps.run("bad", fail))
+    assert time.time() - started < 30  # the sleeping child was stopped, not waited for
+    assert set(steps.partial) == {"slow", "bad"} and not steps.done
+
+
+def test_one_job_runs_the_chains_one_after_the_other(tmp_path):
+    order = []
+    steps = Steps(tmp_path, total=2, jobs=1)
+    steps.parallel("g", lambda: steps.run("a", lambda: order.append("a") or time.sleep(0.2)),
+                   lambda: steps.run("b", lambda: order.append("b")))
+    assert order == ["a", "b"] and "chain" not in steps.done["a"]
+    assert steps.total_seconds() == pytest.approx(steps.done["a"]["seconds"] + steps.done["b"]["seconds"])
 
 
 def test_correlation_ignores_missing_faces_and_constant_series():

@@ -48,7 +48,7 @@ class Plan:
 
 
 FULL = Plan(name="full", num_clips=60, heldout_fraction=0.2, min_seconds=5.0, size=256,
-            vae_steps=300, syncnet_steps=1000, stage1_steps=600, stage2_steps=200,
+            vae_steps=300, syncnet_steps=2400, stage1_steps=1400, stage2_steps=200,
             syncnet_eval_samples=1024, inference_steps=10, max_dubs=12)
 QUICK = Plan(name="quick", num_clips=12, heldout_fraction=0.25, min_seconds=5.0, size=256,
              vae_steps=60, syncnet_steps=300, stage1_steps=150, stage2_steps=10,
