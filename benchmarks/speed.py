@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/speed.py [--quick | --tiny] [--frames 16] [--presets ...] [--no_write]
                                          [--out_dir DIR] [--only decode] [--decode_vae DIR ...]
+                                         [--learnability_dir WORK] [--quality_clips 6] [--quality_frames 0]
 
 Runs the whole pipeline (face pass, VAE, UNet, paste-back, encoding) on the same short clip cut
 from assets/demo1_video.mp4 with the reference settings (DDIM 20 steps, fp32, no cache, full
@@ -24,7 +25,12 @@ weights (every parameter drawn with std 1/sqrt(fan_in), as scripts/make_tiny_che
 uses the tiny test checkpoints of scripts/make_tiny_checkpoints.py (seconds: checks that the
 benchmark runs, its numbers say nothing about real models). The audio features come from the tiny
 random Whisper of scripts/make_tiny_checkpoints.py (64-d, so the UNet's cross_attention_dim is 64).
-Trained models do not exist yet, so quality is reported as distance from the reference settings.
+These models are random, so their outputs show only how far each preset drifts from the reference
+settings. Quality comes from `--learnability_dir WORK`, a finished run of benchmarks/learnability.py:
+its trained models dub the first `--quality_clips` held-out clips under every settings, scored as
+that benchmark scores its dubs (mouth-opening correlation with the truth track, LSE-C, mouth SSIM,
+under its summary.json key names); the report then says, per preset, whether it is at least its
+target speed-up (balanced 2x, fast 4x) with correlation and LSE-C within 5 % of the reference settings'.
 
 Last, the decode_region table: decoding only the latent rows of the mouth region
 (LipsyncOptions.decode_region "mouth") against the full decode, per margin of extra latent rows, on
@@ -417,6 +423,126 @@ def decode_markdown(section: dict | None) -> str:
     return "\n".join(lines) + "\n"
 
 
+# -- quality on the learnability benchmark's trained models -------------------------------------
+
+QUALITY_KEYS = ("dub_mouth_correlation", "dub_lse_c", "dub_mouth_ssim")  # as in the learnability summary.json
+GATED_KEYS = ("dub_mouth_correlation", "dub_lse_c")  # "within 5 %" of the reference settings (issue 13)
+QUALITY_TOLERANCE = 0.05
+SPEEDUP_TARGETS = {"balanced": 2.0, "fast": 4.0}
+LEARNABILITY_STEPS = ("corpus", "whisper", "vae", "syncnet", "unet_stage2")
+
+
+def learnability_models(work: Path) -> dict:
+    """The checkpoints a finished learnability run (benchmarks/learnability.py) recorded in steps.json."""
+    steps_file = work / "steps.json"
+    if not steps_file.is_file():
+        raise UserError(f"{work}: no steps.json; run python -m benchmarks.learnability --work_dir {work} first")
+    done = json.loads(steps_file.read_text())
+    missing = [step for step in LEARNABILITY_STEPS if step not in done]
+    if missing:
+        raise UserError(f"{steps_file}: the learnability run has not finished {', '.join(missing)}")
+    return dict(unet=Path(done["unet_stage2"]["result"]["checkpoint"]),
+                syncnet=Path(done["syncnet"]["result"]["checkpoint"]), whisper=done["whisper"]["result"]["path"])
+
+
+def quality_runs(work: Path, settings: dict, clips: int, max_frames: int, tmp: Path) -> dict:
+    """Each settings' dubs of the first `clips` held-out clips of a learnability run (its trained
+    models, each clip dubbed with the next held-out sentence, as that benchmark does; the first
+    `max_frames` frames when not 0), scored as that benchmark scores them: the means over clips
+    of QUALITY_KEYS, and seconds per frame."""
+    import dataclasses
+
+    from omegaconf import OmegaConf
+
+    from benchmarks.learnability import SEED
+    from benchmarks.learnability_parts import dubbing
+    from benchmarks.learnability_parts.plan import SYNCNET_CONFIG, Layout
+    from latentsync.face.detectors import make_face_detector
+    from latentsync.models import load_syncnet
+    from latentsync.pipelines.lipsync_pipeline import LipsyncPipeline
+    from latentsync.synthetic.corpus import read_manifest
+
+    layout, models = Layout(work), learnability_models(work)
+    pipe = LipsyncPipeline.from_checkpoints(models["unet"].parent.parent / "config.yaml", models["unet"],
+                                            models["whisper"], layout.vae, device="cpu")
+    syncnet = load_syncnet(SYNCNET_CONFIG, models["syncnet"], device="cpu").eval()
+    config, detector = OmegaConf.load(SYNCNET_CONFIG), make_face_detector("mediapipe")
+    try:
+        truths = {}
+        for clip, new, third in dubbing.dub_pairs(read_manifest(layout.corpus), clips):
+            folder = tmp / "quality" / dubbing.clip_name(clip)
+            n_out = dubbing.prepare_inputs(layout.corpus, folder, clip, new, third, max_frames)
+            truths[dubbing.clip_name(clip)] = (clip, folder, dubbing.load_truth(layout.corpus, folder, new, n_out, detector))
+        score = lambda path, truth: dubbing.score_video(path, truth, syncnet, config, detector)  # noqa: E731
+        section = dict(work_dir=str(work), clips=len(truths), max_frames=max_frames, resolution=pipe.resolution,
+                       models={k: str(v) for k, v in models.items()},
+                       truth_lse_c=float(np.mean([score(f / "truth.mp4", t)["lse_c"] for _, f, t in truths.values()])),
+                       runs={})
+        for name, opts in settings.items():
+            same = next((k for k in section["runs"] if settings[k] == opts), None)
+            if same is not None:
+                section["runs"][name] = dict(section["runs"][same], same_as=same)
+                continue
+            opts, scores, seconds, frames = dataclasses.replace(opts, seed=SEED), [], 0.0, 0
+            for clip_id, (clip, folder, truth) in truths.items():
+                out = tmp / "quality" / f"{clip_id}-{len(section['runs'])}.mp4"
+                start = time.perf_counter()
+                frames += pipe(str(layout.corpus / clip["clip"]), str(folder / "speech.wav"), str(out), opts).num_frames
+                seconds += time.perf_counter() - start
+                scores.append(score(out, truth))
+            section["runs"][name] = dict(
+                dub_mouth_correlation=float(np.mean([x["mouth_correlation"] for x in scores])),
+                dub_lse_c=float(np.mean([x["lse_c"] for x in scores])),
+                dub_mouth_ssim=float(np.mean([x["mouth_ssim"] for x in scores])),
+                seconds_per_frame=seconds / frames)
+            print(f"quality {name}: {section['runs'][name]}", flush=True)
+    finally:
+        detector.close()
+    return section
+
+
+def quality_verdicts(runs: dict, quality: dict) -> dict:
+    """Per preset with a speed-up target: the speed-up and each gated metric as a fraction of the
+    reference settings', and whether the issue's targets hold (at least the target speed-up, and
+    no gated metric more than QUALITY_TOLERANCE below the reference settings')."""
+    reference = quality["runs"][REFERENCE_NAME]
+    verdicts = {}
+    for name, target in SPEEDUP_TARGETS.items():
+        if name not in runs or name not in quality["runs"]:
+            continue
+        ratios = {key: quality["runs"][name][key] / reference[key] if reference[key] > 0 else None
+                  for key in GATED_KEYS}
+        within = all(r is not None and r >= 1 - QUALITY_TOLERANCE for r in ratios.values())
+        verdicts[name] = dict(speedup=runs[name]["speedup"], speedup_target=target,
+                              quality_vs_reference=ratios, met=bool(runs[name]["speedup"] >= target and within))
+    return verdicts
+
+
+def quality_markdown(quality: dict | None, verdicts: dict) -> str:
+    if not quality:
+        return ""
+    frames = f"; first {quality['max_frames']} frames of each clip" if quality.get("max_frames") else ""
+    lines = [f"Quality with the learnability benchmark's trained models (`{quality['work_dir']}`): each settings "
+             f"dubs the first {quality['clips']} held-out clips with the next held-out sentence, scored as that "
+             f"benchmark scores its dubs (means over clips; the truth rendering's LSE-C is "
+             f"{quality['truth_lse_c']:.3f}){frames}. The seconds per frame here are of these models "
+             f"({quality['resolution']} px).", "",
+             f"| settings | mouth-opening corr. | LSE-C | mouth SSIM | s/frame ({quality['resolution']} px) |",
+             "|---|---|---|---|---|"]
+    for name, r in quality["runs"].items():
+        lines.append(f"| {name} | {r['dub_mouth_correlation']:.3f} | {r['dub_lse_c']:.3f} | "
+                     f"{r['dub_mouth_ssim']:.3f} | {r['seconds_per_frame']:.2f} |")
+    if verdicts:
+        lines += ["", "| preset | speed-up (256 px) | target | corr. vs reference | LSE-C vs reference | met |",
+                  "|---|---|---|---|---|---|"]
+        for name, v in verdicts.items():
+            q = v["quality_vs_reference"]
+            cells = [f"{q[k]:.1%}" if q[k] is not None else "-" for k in GATED_KEYS]
+            lines.append(f"| {name} | {v['speedup']:.2f}x | {v['speedup_target']:.0f}x | {cells[0]} | {cells[1]} | "
+                         f"{'yes' if v['met'] else 'no'} |")
+    return "\n".join(lines) + "\n"
+
+
 # -- reporting -----------------------------------------------------------------------------------
 
 def git_commit() -> str:
@@ -505,7 +631,8 @@ One guided UNet call ({report['kernel_frames']} frames x 2) per CPU kernel optio
 
 {kernel_markdown(report['kernels'])}
 
-{decode_markdown(report.get('decode_region'))}"""
+{decode_markdown(report.get('decode_region'))}
+{quality_markdown(report.get('quality'), report.get('verdicts', {}))}"""
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, text in (("speed.md", md), ("speed.json", json.dumps(report, indent=1) + "\n")):
         atomic_write_text(out_dir / name, text)
@@ -532,7 +659,17 @@ def parse_args(argv):
                         help="decode: measure only the decode_region table and merge it into the existing report")
     parser.add_argument("--decode_vae", nargs="*", default=[], metavar="DIR",
                         help="trained diffusers VAE folders to add to the decode_region table")
+    parser.add_argument("--learnability_dir", type=Path, default=None, metavar="WORK",
+                        help="a finished `python -m benchmarks.learnability --work_dir WORK` run: measure each "
+                             "settings' quality with its trained models")
+    parser.add_argument("--quality_clips", type=int, default=6,
+                        help="held-out clips dubbed per settings for the quality table (at least 1)")
+    parser.add_argument("--quality_frames", type=int, default=0,
+                        help="dub only the first N frames of each clip for the quality table (0: whole clips)")
     args = parser.parse_args(argv)
+    if args.quality_clips < 1 or args.quality_frames < 0:
+        parser.error(f"--quality_clips {args.quality_clips} / --quality_frames {args.quality_frames}: "
+                     "need at least 1 clip and 0 (whole clips) or more frames")
     if args.frames < DECODE_FRAMES:
         parser.error(f"--frames {args.frames}: must be at least {DECODE_FRAMES} (the decode_region table's faces)")
     for folder in args.decode_vae:
@@ -581,6 +718,8 @@ def measure_runs(pipe, video: Path, audio: Path, tmp: Path, presets: list[str]) 
 
 def run_all(args, command: str) -> int:
     """The whole benchmark: presets, kernel options, decode_region table; the reports."""
+    if args.learnability_dir is not None:
+        learnability_models(args.learnability_dir)  # an unfinished run is refused before the speed part
     report = dict(environment=environment(), command=command,
                   clip=f"demo1, first {args.frames} frames at {CLIP_SIZE}", model=model_description(args.size))
     print(json.dumps(report["environment"]))
@@ -594,16 +733,28 @@ def run_all(args, command: str) -> int:
         report["decode_region"] = decode_region_report(video, args.decode_vae, repeats=1 if args.tiny else 2,
                                                        tiny=args.tiny)
         report["decode_region"]["command"] = command
+        if args.learnability_dir is not None:
+            add_quality(report, args.learnability_dir.resolve(), args, tmp)
     print()
     print(table(report["runs"]))
     print()
     print(kernel_markdown(report["kernels"]))
     print()
     print(decode_markdown(report["decode_region"]))
+    print(quality_markdown(report.get("quality"), report.get("verdicts", {})))
     if not args.no_write:
         write_reports(report, command, args.out_dir)
         print(f"\nwrote {args.out_dir / 'speed.md'} and {args.out_dir / 'speed.json'}")
     return 0
+
+
+def add_quality(report: dict, work: Path, args, tmp: Path) -> None:
+    """The quality section, each run's QUALITY_KEYS and the per-preset verdicts, into `report`."""
+    report["quality"] = quality_runs(work, run_settings_list(args.presets), args.quality_clips, args.quality_frames,
+                                     tmp)
+    for name, r in report["runs"].items():
+        r.update({key: report["quality"]["runs"][name][key] for key in QUALITY_KEYS})
+    report["verdicts"] = quality_verdicts(report["runs"], report["quality"])
 
 
 def decode_only(args, command: str) -> int:

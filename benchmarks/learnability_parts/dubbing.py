@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -42,9 +43,9 @@ def _fit(samples: np.ndarray, n: int) -> np.ndarray:
     return np.pad(samples[:n], (0, max(n - len(samples), 0))).astype(np.float32)
 
 
-def prepare_inputs(corpus: Path, folder: Path, clip: dict, new: dict, third: dict) -> int:
-    """speech.wav (new sentence cut to the clip), zero.wav, other.wav (third sentence, same
-    length) and truth.mp4 in `folder`; returns the number of output frames."""
+def prepare_inputs(corpus: Path, folder: Path, clip: dict, new: dict, third: dict, max_frames: int = 0) -> int:
+    """speech.wav (new sentence cut to the clip, and to `max_frames` if not 0), zero.wav, other.wav
+    (third sentence, same length) and truth.mp4 in `folder`; returns the number of output frames."""
     from latentsync.audio import load_audio
     from latentsync.synthetic.corpus import rerender
     from latentsync.synthetic.visemes import fit_track, read_track_csv
@@ -52,7 +53,8 @@ def prepare_inputs(corpus: Path, folder: Path, clip: dict, new: dict, third: dic
 
     folder.mkdir(parents=True, exist_ok=True)
     per_frame = SAMPLE_RATE // MODEL_FPS
-    speech = load_audio(corpus / new["wav"])[:int(clip["n_frames"]) * per_frame]
+    frames = min(int(clip["n_frames"]), max_frames) if max_frames else int(clip["n_frames"])
+    speech = load_audio(corpus / new["wav"])[:frames * per_frame]
     n_out = math.ceil(len(speech) * MODEL_FPS / SAMPLE_RATE)
     for name, samples in (("speech.wav", speech), ("zero.wav", np.zeros_like(speech)),
                           ("other.wav", _fit(load_audio(corpus / third["wav"]), len(speech)))):
@@ -88,32 +90,53 @@ def read_all(path: Path, limit: int) -> np.ndarray:
     return np.concatenate(chunks)[:limit]
 
 
-def score_clip(corpus: Path, folder: Path, clip: dict, new: dict, n_out: int, syncnet, syncnet_config,
-               detector) -> dict:
-    """Scores of every variant of one clip against the new sentence (cached in scores.json)."""
+@dataclass
+class Truth:
+    """What every variant of one dub is scored against: the new sentence's mouth-opening track and
+    speech, and the truth rendering's frames with their mouth boxes."""
+
+    track: np.ndarray
+    speech: np.ndarray
+    frames: np.ndarray
+    boxes: list
+
+
+def load_truth(corpus: Path, folder: Path, new: dict, n_out: int, detector) -> Truth:
+    """The Truth of the dub in `folder` (made by prepare_inputs) with the new sentence `new`."""
     from benchmarks.learnability_parts import scoring
     from latentsync.audio import load_audio
     from latentsync.synthetic.visemes import OPEN, fit_track, read_track_csv
 
+    frames = read_all(folder / "truth.mp4", n_out)
+    return Truth(track=fit_track(read_track_csv(corpus / new["mouth"]), n_out)[:, OPEN],
+                 speech=load_audio(folder / "speech.wav"), frames=frames, boxes=scoring.mouth_boxes(frames, detector))
+
+
+def score_video(path: Path, truth: Truth, syncnet, syncnet_config, detector) -> dict:
+    """Mouth-opening correlation, LSE-C / LSE-D / offset and mouth SSIM / PSNR of one video."""
+    from benchmarks.learnability_parts import scoring
+
+    frames = read_all(path, len(truth.track))
+    opening, faces = scoring.face_pass(frames, int(syncnet_config.data.resolution), detector)
+    sync = scoring.sync_scores(syncnet, faces, truth.speech, syncnet_config)
+    ssim, psnr = scoring.mouth_similarity(frames, truth.frames, truth.boxes)
+    return dict(mouth_correlation=scoring.correlation(opening, truth.track), lse_c=sync["lse_c"],
+                lse_d=sync["lse_d"], offset=sync["offset"], mouth_ssim=ssim, mouth_psnr=psnr,
+                opening=[None if not np.isfinite(x) else round(float(x), 4) for x in opening])
+
+
+def score_clip(corpus: Path, folder: Path, clip: dict, new: dict, n_out: int, syncnet, syncnet_config,
+               detector) -> dict:
+    """Scores of every variant of one clip against the new sentence (cached in scores.json)."""
     cached = folder / "scores.json"
     if cached.exists():
         return json.loads(cached.read_text())
-    truth_track = fit_track(read_track_csv(corpus / new["mouth"]), n_out)[:, OPEN]
-    speech = load_audio(folder / "speech.wav")
+    truth = load_truth(corpus, folder, new, n_out, detector)
     sources = {"input": corpus / clip["clip"], "truth": folder / "truth.mp4",
                **{v: folder / f"{v}.mp4" for v in MODEL_VARIANTS}}
-    truth_frames = read_all(sources["truth"], n_out)
-    boxes = scoring.mouth_boxes(truth_frames, detector)
     scores = dict(clip=clip_name(clip), new_sentence=clip_name(new), frames=n_out)
     for variant in VARIANTS:
-        frames = read_all(sources[variant], n_out)
-        opening, faces = scoring.face_pass(frames, int(syncnet_config.data.resolution), detector)
-        sync = scoring.sync_scores(syncnet, faces, speech, syncnet_config)
-        ssim, psnr = scoring.mouth_similarity(frames, truth_frames, boxes)
-        scores[variant] = dict(mouth_correlation=scoring.correlation(opening, truth_track),
-                               lse_c=sync["lse_c"], lse_d=sync["lse_d"], offset=sync["offset"],
-                               mouth_ssim=ssim, mouth_psnr=psnr,
-                               opening=[None if not np.isfinite(x) else round(float(x), 4) for x in opening])
-    scores["truth_track"] = [round(float(x), 4) for x in truth_track]
+        scores[variant] = score_video(sources[variant], truth, syncnet, syncnet_config, detector)
+    scores["truth_track"] = [round(float(x), 4) for x in truth.track]
     atomic_write_text(cached, json.dumps(scores))
     return scores
