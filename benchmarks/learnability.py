@@ -155,8 +155,9 @@ def evaluate_syncnet(layout: Layout, plan: Plan) -> dict:
 
 
 def dub_all(layout: Layout, plan: Plan, whisper: str, jobs: int) -> dict:
-    """Every held-out clip's dubs, `jobs` clips at a time (one pipeline per worker thread)."""
-    import threading
+    """Every held-out clip's dubs, `jobs` clips at a time (each worker thread with its own pipeline;
+    the pipelines are loaded first, one after the other: model loading is not thread-safe)."""
+    import queue
     from concurrent.futures import ThreadPoolExecutor
 
     from benchmarks.learnability_parts import dubbing
@@ -166,22 +167,26 @@ def dub_all(layout: Layout, plan: Plan, whisper: str, jobs: int) -> dict:
 
     stage2 = layout.run_dir("unet_stage2")
     options = LipsyncOptions(inference_steps=plan.inference_steps, seed=SEED, show_progress=False)
-    local = threading.local()
+    pairs = dubbing.dub_pairs(read_manifest(layout.corpus), plan.max_dubs)
+    pipelines = queue.SimpleQueue()
+    for _ in range(min(jobs, len(pairs))):
+        pipelines.put(LipsyncPipeline.from_checkpoints(
+            unet_config_path=stage2 / "config.yaml",
+            inference_ckpt_path=layout.checkpoint("unet_stage2", plan.stage1_steps + plan.stage2_steps),
+            whisper_ckpt_path=whisper, vae_path=layout.vae, device="cpu"))
 
     def dub(pair) -> tuple[str, int]:
         clip, new, third = pair
-        if not hasattr(local, "pipeline"):
-            local.pipeline = LipsyncPipeline.from_checkpoints(
-                unet_config_path=stage2 / "config.yaml",
-                inference_ckpt_path=layout.checkpoint("unet_stage2", plan.stage1_steps + plan.stage2_steps),
-                whisper_ckpt_path=whisper, vae_path=layout.vae, device="cpu")
         folder = layout.dubs / dubbing.clip_name(clip)
         n_out = dubbing.prepare_inputs(layout.corpus, folder, clip, new, third)
-        dubbing.make_dubs(local.pipeline, options, layout.corpus, folder, clip)
+        pipeline = pipelines.get()
+        try:
+            dubbing.make_dubs(pipeline, options, layout.corpus, folder, clip)
+        finally:
+            pipelines.put(pipeline)
         print(f"    dubbed {dubbing.clip_name(clip)} with {dubbing.clip_name(new)}", flush=True)
         return dubbing.clip_name(clip), n_out
 
-    pairs = dubbing.dub_pairs(read_manifest(layout.corpus), plan.max_dubs)
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         return dict(frames=dict(pool.map(dub, pairs)))
 
