@@ -103,11 +103,13 @@ def markdown(summary: dict, clips: list[dict], steps: dict, command: str, commit
     lines += ["", "Targets:", "", "| target | measured | met |", "|---|---|---|"]
     for name, t in summary["targets"].items():
         lines.append(f"| {name} | {t['value']:.3f} | {'yes' if t['met'] else 'NO'} |")
-    lines += ["", "Steps (wall seconds; CPU seconds of all processes, which do not depend on how busy the "
-                  "machine was):", "", "| step | wall s | CPU s | peak RSS GB so far |", "|---|---|---|---|"]
+    lines += ["", "Steps (wall seconds; CPU seconds of the step's own work and child processes, which do not "
+                  "depend on how busy the machine was; steps of one group with different chains ran side by side, "
+                  "and the total counts such a group as its longest chain):", "",
+              "| step | group/chain | wall s | CPU s | peak RSS GB so far |", "|---|---|---|---|---|"]
     for name, entry in steps.items():
-        lines.append(f"| {name} | {entry['seconds']:.0f} | {entry.get('cpu_seconds', float('nan')):.0f} | "
-                     f"{entry['peak_rss_kb'] / 2 ** 20:.2f} |")
+        lines.append(f"| {name} | {entry.get('chain', '-')} | {entry['seconds']:.0f} | "
+                     f"{entry.get('cpu_seconds', float('nan')):.0f} | {entry['peak_rss_kb'] / 2 ** 20:.2f} |")
     lines += ["", "Per clip (mouth-opening correlation, dub / zero audio / third audio / input / truth):", ""]
     for c in clips:
         lines.append(f"- {c['clip']} dubbed with {c['new_sentence']}: " +
