@@ -140,12 +140,13 @@ def load_components(files: CheckpointFiles, device=None, dtype=None, face_backen
     from latentsync.device import pick_device, pick_dtype
     from latentsync.face.detectors import make_face_detector
     from latentsync.models.checkpoint import load_unet
-    from latentsync.schedulers import make_scheduler
+    from latentsync.schedulers import make_scheduler, unet_prediction_type
 
     device = pick_device(device)
     dtype = dtype if isinstance(dtype, torch.dtype) else pick_dtype(dtype, device)
     return dict(unet=load_unet(files.config, files.unet_ckpt, device=device, dtype=dtype),
                 audio_encoder=AudioEncoder(files.whisper, device=device),
-                vae=load_vae(files.vae, device, dtype), scheduler=make_scheduler(),
+                vae=load_vae(files.vae, device, dtype),
+                scheduler=make_scheduler(prediction_type=unet_prediction_type(files.config, str(files.unet_config))),
                 face_detector=make_face_detector(face_backend, checkpoints_dir, device),
                 resolution=files.resolution, mask_path=files.mask)

@@ -27,6 +27,10 @@ SCHEDULER_CONFIG_NAME = "scheduler_config.json"
 METADATA_PREFIX = "_"  # "_class_name", "_diffusers_version": not constructor arguments
 SAMPLERS = ("ddim", "dpmpp", "unipc")
 DEFAULT_SAMPLER = "ddim"
+# what the UNet predicts (a training choice, `run.prediction_type` of its YAML): the noise (the
+# reference's), the clean latent, or v = sqrt(abar) * noise - sqrt(1 - abar) * clean latent
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+DEFAULT_PREDICTION_TYPE = "epsilon"
 # constructor settings each sampler gets on top of the shared noise schedule
 SAMPLER_SETTINGS = {"ddim": {}, "dpmpp": dict(algorithm_type="dpmsolver++", solver_order=2), "unipc": {}}
 # the schedule keys every sampler reads; the rest of the JSON (clip_sample, set_alpha_to_one, ...) is DDIM's own
@@ -71,6 +75,25 @@ def make_sampler(kind: str = DEFAULT_SAMPLER, config: dict | None = None):
     return _sampler_class(kind).from_config({**settings, **SAMPLER_SETTINGS[kind]})
 
 
-def make_scheduler(path: str | os.PathLike | None = None, kind: str = DEFAULT_SAMPLER):
-    """A fresh sampler (default DDIM) with the settings of `load_scheduler_config(path)`."""
-    return make_sampler(kind, load_scheduler_config(path))
+def make_scheduler(path: str | os.PathLike | None = None, kind: str = DEFAULT_SAMPLER,
+                   prediction_type: str | None = None):
+    """A fresh sampler (default DDIM) with the settings of `load_scheduler_config(path)`, for a UNet
+    that predicts `prediction_type` (None: the config's, the noise)."""
+    config = load_scheduler_config(path)
+    if prediction_type is not None:
+        config["prediction_type"] = check_prediction_type(prediction_type, "prediction_type")
+    return make_sampler(kind, config)
+
+
+def check_prediction_type(value, where: str) -> str:
+    """`value` if it is one of PREDICTION_TYPES, else a UserError naming `where`."""
+    if value not in PREDICTION_TYPES:
+        raise UserError(f"{where}: prediction_type {value!r}: expected one of {', '.join(PREDICTION_TYPES)}")
+    return value
+
+
+def unet_prediction_type(config, where: str) -> str:
+    """What the UNet of a training/inference config (a parsed YAML, as a mapping; `where` names
+    its file in errors) predicts: its `run.prediction_type` (absent in the reference's: the noise)."""
+    value = (config.get("run") or {}).get("prediction_type")
+    return check_prediction_type(value or DEFAULT_PREDICTION_TYPE, where)

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from latentsync.errors import UserError
 from latentsync.losses.lpips_loss import lower_half_lpips, make_lpips
-from latentsync.losses.noise import mixed_noise, one_step_x0
+from latentsync.losses.noise import mixed_noise, one_step_x0, prediction_target
 from latentsync.losses.trepa import TREPALoss
 from latentsync.losses.videomae import (VisionTransformer3D, count_parameters, load_videomae,
                                         sinusoid_table, vit_giant_patch14_224)
@@ -335,3 +335,26 @@ def test_one_step_x0_inverts_add_noise():
     torch.testing.assert_close(recovered, x0, atol=2e-4, rtol=1e-4)
     wrong = one_step_x0(x_t, torch.zeros_like(noise), scheduler.alphas_cumprod, timesteps)
     assert (wrong[2] - x0[2]).abs().max() > 1.0  # at t=999 the noise term dominates
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction"])
+def test_each_prediction_target_gives_back_the_clean_latent(prediction_type):
+    """run.prediction_type: the training target of each kind, read back by the one-step estimate
+    (the pixel-space losses' x0), is the clean latent; the targets of the kinds differ."""
+    from diffusers import DDPMScheduler
+
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                              beta_schedule="scaled_linear", prediction_type=prediction_type)
+    torch.manual_seed(1)
+    x0, noise = torch.randn(3, 4, 2, 8, 8), torch.randn(3, 4, 2, 8, 8)
+    timesteps = torch.tensor([5, 437, 990])
+    abar = scheduler.alphas_cumprod[timesteps].reshape(-1, 1, 1, 1, 1)
+    x_t = scheduler.add_noise(x0, noise, timesteps)
+    target = prediction_target(noise, x0, abar, prediction_type)
+    torch.testing.assert_close(one_step_x0(x_t, target, scheduler.alphas_cumprod, timesteps, prediction_type), x0,
+                               atol=2e-3, rtol=1e-3)
+    if prediction_type == "v_prediction":  # diffusers' own definition of v
+        torch.testing.assert_close(target, scheduler.get_velocity(x0, noise, timesteps))
+    kinds = ("epsilon", "sample", "v_prediction")
+    others = [prediction_target(noise, x0, abar, k) for k in kinds if k != prediction_type]
+    assert all((target - other).abs().max() > 0.1 for other in others)

@@ -16,7 +16,7 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import MEDIA, REPO, need
-from latentsync.errors import EXIT_USER_ERROR
+from latentsync.errors import EXIT_USER_ERROR, UserError
 
 CLIP_SECONDS = 6
 CROP = "crop=320:320:408:585,scale=256:256,fps=25"  # the face of demo1 (1080x1920)
@@ -254,6 +254,35 @@ def test_resume_matches_unbroken_run_and_checkpoint_runs_inference(tiny, media, 
                LipsyncOptions(inference_steps=1, num_frames=4, show_progress=False)).output_path
     info = probe_video(out)
     assert info.num_frames == round(VAL_AUDIO_SECONDS * 25) and info.has_audio and info.width == 256
+
+
+def test_a_unet_trained_to_predict_the_clean_latent_is_sampled_that_way(tiny, media, tmp_path):
+    """run.prediction_type: sample trains on the clean latent, and the pipeline built from the run's
+    config.yaml samples with that prediction type whichever sampler a run asks for."""
+    from latentsync.pipelines.lipsync_pipeline import LipsyncOptions, LipsyncPipeline
+    from latentsync.schedulers import make_sampler
+    from latentsync.training.unet_step import StepSettings
+    from latentsync.video import probe_video
+
+    assert StepSettings.from_config(OmegaConf.create({"run": {}})).prediction_type == "epsilon"  # the reference
+    with pytest.raises(UserError, match="prediction_type 'x0'"):
+        StepSettings.from_config(OmegaConf.create({"run": {"prediction_type": "x0"}}))
+    overrides = stage1_overrides(**{"run.prediction_type": "sample", "run.max_train_steps": 2,
+                                    "ckpt.save_ckpt_steps": 2})
+    assert run_training(write_config(tmp_path / "cfg.yaml", tiny, media, tmp_path, **overrides)) == 0
+    run = only_run(tmp_path / "runs")
+    pipe = LipsyncPipeline.from_checkpoints(run / "config.yaml", run / "checkpoints/checkpoint-2.pt",
+                                            tiny / "whisper/tiny.pt", tiny / "vae", device="cpu")
+    assert pipe.scheduler.config.prediction_type == "sample"
+    assert all(make_sampler(kind, pipe.scheduler.config).config.prediction_type == "sample"
+               for kind in ("dpmpp", "unipc"))
+    out = pipe(media["clip"], media["val_audio"], tmp_path / "dubbed.mp4",
+               LipsyncOptions(inference_steps=2, num_frames=4, scheduler="dpmpp", show_progress=False)).output_path
+    assert probe_video(out).num_frames == round(VAL_AUDIO_SECONDS * 25)
+    # a reference config (no run.prediction_type) still samples the noise prediction
+    reference = LipsyncPipeline.from_checkpoints(tiny / "unet.yaml", tiny / "latentsync_unet.pt",
+                                                 tiny / "whisper/tiny.pt", tiny / "vae", device="cpu")
+    assert reference.scheduler.config.prediction_type == "epsilon"
 
 
 # --------------------------------------------------------------------------------------------

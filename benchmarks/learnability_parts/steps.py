@@ -96,7 +96,8 @@ class Steps:
                 self.save()
             raise
         seconds = time.time() - start + earlier["seconds"]
-        entry = dict(seconds=round(seconds, 1), cpu_seconds=round(cpu_seconds(who) - cpu_start + earlier["cpu_seconds"], 1),
+        cpu = cpu_seconds(who) - cpu_start + earlier["cpu_seconds"]
+        entry = dict(seconds=round(seconds, 1), cpu_seconds=round(cpu, 1),
                      peak_rss_kb=max(peak_rss_kb(), _child_peak_kb()), result=result)
         with self._lock:
             self.done[name] = {**entry, **({"chain": chain} if chain else {})}

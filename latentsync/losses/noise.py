@@ -26,8 +26,24 @@ def mixed_noise(shape: tuple[int, ...], alpha: float = 1.0,
 
 
 def one_step_x0(x_t: torch.Tensor, eps_hat: torch.Tensor, alphas_cumprod: torch.Tensor,
-                timesteps: torch.Tensor) -> torch.Tensor:
-    """x0_hat = (x_t - sqrt(1 - abar_t) * eps_hat) / sqrt(abar_t), abar in eps_hat's dtype."""
+                timesteps: torch.Tensor, prediction_type: str = "epsilon") -> torch.Tensor:
+    """The clean latent implied by the UNet's output `eps_hat` (abar in its dtype):
+    epsilon: (x_t - sqrt(1 - abar_t) * eps_hat) / sqrt(abar_t); sample: the output itself;
+    v_prediction: sqrt(abar_t) * x_t - sqrt(1 - abar_t) * v_hat."""
+    if prediction_type == "sample":
+        return eps_hat
     abar = alphas_cumprod.to(eps_hat.device)[timesteps.to(eps_hat.device)].to(eps_hat.dtype)
     abar = abar.reshape(-1, *([1] * (eps_hat.dim() - 1)))
+    if prediction_type == "v_prediction":
+        return abar.sqrt() * x_t - (1 - abar).sqrt() * eps_hat
     return (x_t - (1 - abar).sqrt() * eps_hat) / abar.sqrt()
+
+
+def prediction_target(noise: torch.Tensor, x0: torch.Tensor, abar: torch.Tensor, prediction_type: str) -> torch.Tensor:
+    """What the UNet is trained to output: the noise, the clean latent `x0`, or
+    v = sqrt(abar) * noise - sqrt(1 - abar) * x0 (abar broadcast to the latents)."""
+    if prediction_type == "sample":
+        return x0
+    if prediction_type == "v_prediction":
+        return abar.sqrt() * noise - (1 - abar).sqrt() * x0
+    return noise

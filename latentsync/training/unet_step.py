@@ -15,9 +15,10 @@ from omegaconf import DictConfig
 
 from latentsync.errors import UserError
 from latentsync.losses.lpips_loss import lower_half_lpips
-from latentsync.losses.noise import mixed_noise, one_step_x0
+from latentsync.losses.noise import mixed_noise, one_step_x0, prediction_target
 from latentsync.models.stable_syncnet import sync_loss
 from latentsync.models.vae import latent_scale_shift
+from latentsync.schedulers import check_prediction_type
 
 LOSS_TERMS = ("recon", "sync", "lpips", "trepa")
 WEIGHT_KEYS = {"recon": "recon_loss_weight", "sync": "sync_loss_weight", "lpips": "perceptual_loss_weight",
@@ -51,6 +52,7 @@ class StepSettings:
     use_mixed_noise: bool = True
     mixed_noise_alpha: float = 1.0
     mask_loss_weight: float = 0.0  # extra weight of the generated (masked) region in the noise loss
+    prediction_type: str = "epsilon"  # what the UNet outputs (latentsync/schedulers.py PREDICTION_TYPES)
 
     @classmethod
     def from_config(cls, config: DictConfig) -> "StepSettings":
@@ -65,8 +67,9 @@ class StepSettings:
         mask_weight = float(run.get("mask_loss_weight", 0.0) or 0.0)
         if mask_weight < 0:
             raise UserError(f"config: run.mask_loss_weight must be >= 0 (got {mask_weight})")
+        prediction_type = check_prediction_type(run.get("prediction_type") or "epsilon", "config: run")
         return cls(weights, pixel, use_sync, bool(run.get("use_mixed_noise", True)),
-                   float(run.get("mixed_noise_alpha", 1.0)), mask_weight)
+                   float(run.get("mixed_noise_alpha", 1.0)), mask_weight, prediction_type)
 
     @property
     def active_terms(self) -> list[str]:
@@ -181,7 +184,8 @@ def pixel_losses(models: Models, settings: StepSettings, pred: torch.Tensor, bat
 
 
 def noise_loss(eps: torch.Tensor, noise: torch.Tensor, keep: torch.Tensor, mask_weight: float) -> torch.Tensor:
-    """MSE of the predicted noise; with `mask_weight` w > 0, latents of the generated region
+    """MSE of the UNet's output `eps` against its target `noise` (the noise, or with
+    run.prediction_type the clean latent or v); with `mask_weight` w > 0, latents of the generated region
     (`keep` = 0: the mouth and jaw the model must invent from the audio) count 1 + w times as much
     as the rest, which the masked frame already shows; normalised so the loss keeps its scale
     (w = 0 is the reference's plain MSE)."""
@@ -204,10 +208,11 @@ def training_step(models: Models, batch: dict, settings: StepSettings, generator
     noisy = abar.sqrt() * gt_latents + (1 - abar).sqrt() * noise  # diffusers add_noise, in fp32
     audio = batch["audio_embeds"].to(device)
     with autocast if autocast is not None else torch.autocast(device.type, enabled=False):
-        eps = unet(torch.cat([noisy, condition], dim=1), timesteps, encoder_hidden_states=audio).sample
-    terms = {"recon": noise_loss(eps, noise, condition[:, :1], settings.mask_loss_weight)}
+        out = unet(torch.cat([noisy, condition], dim=1), timesteps, encoder_hidden_states=audio).sample
+    target = prediction_target(noise, gt_latents, abar, settings.prediction_type)
+    terms = {"recon": noise_loss(out, target, condition[:, :1], settings.mask_loss_weight)}
     if settings.pixel_space_supervise and any(settings.weights[k] > 0 for k in PIXEL_TERMS):
-        x0 = one_step_x0(noisy, eps, models.alphas_cumprod, timesteps)
+        x0 = one_step_x0(noisy, out, models.alphas_cumprod, timesteps, settings.prediction_type)
         terms.update(pixel_losses(models, settings, vae_decode(models.vae, x0), batch, device))
     loss = sum(settings.weights[name] * value.float() for name, value in terms.items())
     return loss, {name: terms[name].detach() for name in settings.active_terms}

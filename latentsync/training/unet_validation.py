@@ -50,7 +50,8 @@ class Validator:
     def get_pipeline(self, unet) -> LipsyncPipeline:
         if self.pipeline is None:
             self.pipeline = LipsyncPipeline(
-                vae=self.vae, unet=unet, scheduler=make_scheduler(), audio_encoder=self.encoder,
+                vae=self.vae, unet=unet, audio_encoder=self.encoder,
+                scheduler=make_scheduler(prediction_type=self.config.run.get("prediction_type")),
                 face_detector=make_face_detector(str(self.config.run.get("face_backend", SYNC_DETECTOR))),
                 resolution=int(self.config.data.resolution),
                 mask_path=resolve_mask(self.config.data.get("mask_image_path")))
