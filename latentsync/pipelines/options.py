@@ -29,11 +29,9 @@ DECODE_REGIONS = ("full", "mouth")
 PRESETS = {
     "quality": dict(scheduler="ddim", inference_steps=20, enable_deepcache=False, autocast="off", cpu_kernels="none",
                     decode_region="full"),
-    "balanced": dict(scheduler="dpmpp", inference_steps=10, enable_deepcache=False, autocast="auto",
+    "balanced": dict(scheduler="dpmpp", inference_steps=8, enable_deepcache=False, autocast="auto",
                      cpu_kernels="none", decode_region="full"),
-    # DeepCache is off: with 6 steps it reused stale deep features (and their audio attention) on 4
-    # of them, and cost a fifth of the mouth-opening correlation (docs/benchmarks/speed.md)
-    "fast": dict(scheduler="dpmpp", inference_steps=6, enable_deepcache=False, autocast="auto", cpu_kernels="none",
+    "fast": dict(scheduler="dpmpp", inference_steps=6, enable_deepcache=True, autocast="auto", cpu_kernels="none",
                  decode_region="mouth"),
 }
 PRESET_FLAG = "preset"  # a command-line expansion into the fields above, not a field itself
