@@ -71,7 +71,7 @@ REFERENCE_SETTINGS = dict(scheduler="ddim", inference_steps=20, enable_deepcache
                           cpu_kernels="none", decode_region="full")
 # a preset with one option set back to the reference: shows what that option alone buys end to end
 VARIANTS = {"fast, full decode": ("fast", dict(decode_region="full")),
-            "fast, no DeepCache": ("fast", dict(enable_deepcache=False))}
+            "balanced, fp32": ("balanced", dict(autocast="off"))}
 MODEL_STAGES = ("encode", "denoise", "decode")  # pipeline methods run by the model (main thread)
 # busy seconds reported per run, in pipeline order (see StageTimer), then outside_model
 STAGES = ("audio", "face_pass", *MODEL_STAGES, "paste_write", "mux")

@@ -29,7 +29,7 @@ DECODE_REGIONS = ("full", "mouth")
 PRESETS = {
     "quality": dict(scheduler="ddim", inference_steps=20, enable_deepcache=False, autocast="off", cpu_kernels="none",
                     decode_region="full"),
-    "balanced": dict(scheduler="dpmpp", inference_steps=8, enable_deepcache=False, autocast="auto",
+    "balanced": dict(scheduler="dpmpp", inference_steps=6, enable_deepcache=False, autocast="auto",
                      cpu_kernels="none", decode_region="full"),
     "fast": dict(scheduler="dpmpp", inference_steps=6, enable_deepcache=True, autocast="auto", cpu_kernels="none",
                  decode_region="mouth"),
