@@ -47,8 +47,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="CPU threads of each step that runs beside others (1: on a busy machine more "
                              "threads were slower); a step that runs alone gets threads x jobs")
     parser.add_argument("--jobs", type=int, default=2,
-                        help="steps run side by side: the two data splits, the SyncNet beside the VAE and the "
-                             "UNet's first stage, and the dubs (1: one step at a time)")
+                        help="work run side by side: corpus clips, data pipeline workers, the SyncNet beside "
+                             "the VAE and the UNet's first stage, and the dubs (1: one at a time)")
     parser.add_argument("--whisper_path", default=None,
                         help=f"Whisper checkpoint (default: {REAL_WHISPER.relative_to(REPO)} if present, "
                              "else a seeded random Whisper-tiny encoder)")
@@ -61,18 +61,19 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 # -- steps ---------------------------------------------------------------------------------------
 
-def make_corpus(plan: Plan, layout: Layout, threads: int) -> dict:
+def make_corpus(plan: Plan, layout: Layout, workers: int) -> dict:
     run_module("scripts.make_synthetic_corpus", [
         "--output_dir", layout.corpus, "--num_clips", plan.num_clips, "--seed", SEED,
         "--heldout_fraction", plan.heldout_fraction, "--min_seconds", plan.min_seconds, "--size", plan.size,
-        "--no_progress"], layout.logs / "corpus.log", threads)
+        "--workers", workers, "--no_progress"], layout.logs / "corpus.log", 1)
     return {}
 
 
-def run_data_pipeline(layout: Layout, split: str, threads: int) -> dict:
+def run_data_pipeline(layout: Layout, split: str, workers: int) -> dict:
     run_module("scripts.data_processing_pipeline", [
         "--input_dir", layout.corpus / split, "--output_dir", layout.data(split), "--resolution", 256,
-        "--min_face_size", 64, "--skip_stages", "7,8", "--no_progress"], layout.logs / f"data_{split}.log", threads)
+        "--min_face_size", 64, "--skip_stages", "7,8", "--num_workers", workers, "--no_progress"],
+        layout.logs / f"data_{split}.log", 1)
     clips = sorted(layout.clips(split).glob("*.mp4"))
     if not clips:
         raise StepFailed(f"the data pipeline kept no {split} clip; see {layout.logs / f'data_{split}.log'}")
@@ -178,7 +179,7 @@ def dub_all(layout: Layout, plan: Plan, whisper: str, jobs: int) -> dict:
     def dub(pair) -> tuple[str, int]:
         clip, new, third = pair
         folder = layout.dubs / dubbing.clip_name(clip)
-        n_out = dubbing.prepare_inputs(layout.corpus, folder, clip, new, third)
+        n_out = dubbing.prepare_inputs(layout.corpus, folder, clip, new, third, plan.dub_frames)
         pipeline = pipelines.get()
         try:
             dubbing.make_dubs(pipeline, options, layout.corpus, folder, clip)
@@ -248,9 +249,9 @@ def run(args: argparse.Namespace) -> dict:
     layout.root.mkdir(parents=True, exist_ok=True)
     steps = Steps(layout.root, total=11, jobs=args.jobs)
     t, alone = args.threads, args.threads * args.jobs
-    steps.run("corpus", lambda: make_corpus(plan, layout, alone))
-    steps.parallel("data", *[lambda split=split: steps.run(f"data_{split}", lambda: run_data_pipeline(layout, split, t))
-                             for split in SPLITS])
+    steps.run("corpus", lambda: make_corpus(plan, layout, args.jobs))
+    for split in SPLITS:  # each split with `jobs` worker processes (the splits differ 4x in size)
+        steps.run(f"data_{split}", lambda: run_data_pipeline(layout, split, args.jobs))
     whisper = steps.run("whisper", lambda: make_whisper(layout, args.whisper_path))
     base = unet_overrides(layout, plan, whisper["path"])
     results = {}

@@ -157,6 +157,16 @@ def run_settings_list(presets: list[str]) -> dict[str, LipsyncOptions]:
     return settings
 
 
+def each_distinct(settings: dict[str, LipsyncOptions], measure) -> dict[str, dict]:
+    """`measure(name, options, index)` of each settings in order; settings equal to an earlier
+    one's (quality = the reference settings) are not run again but reuse its result, marked `same_as`."""
+    results = {}
+    for name, opts in settings.items():
+        same = next((earlier for earlier in results if settings[earlier] == opts), None)
+        results[name] = dict(results[same], same_as=same) if same is not None else measure(name, opts, len(results))
+    return results
+
+
 # -- measuring -----------------------------------------------------------------------------------
 
 def on_writer_channel(pipe, wrap) -> None:
@@ -480,24 +490,23 @@ def quality_runs(work: Path, settings: dict, clips: int, max_frames: int, tmp: P
                        models={k: str(v) for k, v in models.items()},
                        truth_lse_c=float(np.mean([score(f / "truth.mp4", t)["lse_c"] for _, f, t in truths.values()])),
                        runs={})
-        for name, opts in settings.items():
-            same = next((k for k in section["runs"] if settings[k] == opts), None)
-            if same is not None:
-                section["runs"][name] = dict(section["runs"][same], same_as=same)
-                continue
+
+        def measure(name: str, opts: LipsyncOptions, index: int) -> dict:
             opts, scores, seconds, frames = dataclasses.replace(opts, seed=SEED), [], 0.0, 0
             for clip_id, (clip, folder, truth) in truths.items():
-                out = tmp / "quality" / f"{clip_id}-{len(section['runs'])}.mp4"
+                out = tmp / "quality" / f"{clip_id}-{index}.mp4"
                 start = time.perf_counter()
                 frames += pipe(str(layout.corpus / clip["clip"]), str(folder / "speech.wav"), str(out), opts).num_frames
                 seconds += time.perf_counter() - start
                 scores.append(score(out, truth))
-            section["runs"][name] = dict(
-                dub_mouth_correlation=float(np.mean([x["mouth_correlation"] for x in scores])),
-                dub_lse_c=float(np.mean([x["lse_c"] for x in scores])),
-                dub_mouth_ssim=float(np.mean([x["mouth_ssim"] for x in scores])),
-                seconds_per_frame=seconds / frames)
-            print(f"quality {name}: {section['runs'][name]}", flush=True)
+            result = dict(dub_mouth_correlation=float(np.mean([x["mouth_correlation"] for x in scores])),
+                          dub_lse_c=float(np.mean([x["lse_c"] for x in scores])),
+                          dub_mouth_ssim=float(np.mean([x["mouth_ssim"] for x in scores])),
+                          seconds_per_frame=seconds / frames)
+            print(f"quality {name}: {result}", flush=True)
+            return result
+
+        section["runs"] = each_distinct(settings, measure)
     finally:
         detector.close()
     return section
@@ -697,15 +706,13 @@ def measure_runs(pipe, video: Path, audio: Path, tmp: Path, presets: list[str]) 
     """One pipeline call per settings (reference, presets, variants), with speedup and mouth distance."""
     timer, recorder = StageTimer(pipe), FaceRecorder(pipe)
     settings = run_settings_list(presets)
-    runs = {}
-    for name, opts in settings.items():
-        same = next((earlier for earlier in runs if settings[earlier] == opts), None)
-        if same is not None:  # e.g. quality = the reference settings: not run twice
-            runs[name] = dict(runs[same], same_as=same, same_as_reference=same == REFERENCE_NAME)
-            continue
-        runs[name] = run_settings(pipe, timer, recorder, video, audio, tmp / f"run{len(runs)}.mp4", opts)
-        print(f"{name}: {runs[name]['seconds_per_frame']:.2f} s/frame, busy seconds {runs[name]['stages']}",
-              flush=True)
+
+    def measure(name: str, opts: LipsyncOptions, index: int) -> dict:
+        run = run_settings(pipe, timer, recorder, video, audio, tmp / f"run{index}.mp4", opts)
+        print(f"{name}: {run['seconds_per_frame']:.2f} s/frame, busy seconds {run['stages']}", flush=True)
+        return run
+
+    runs = each_distinct(settings, measure)
     reference = runs[REFERENCE_NAME]
     reference_faces = reference["faces"]
     if not reference_faces:

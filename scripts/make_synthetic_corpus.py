@@ -26,6 +26,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--min_seconds", type=float, default=0.0,
                         help="join sentences (then pad silence) until a clip is this long, e.g. 5 for "
                              "the data pipeline's default segment length")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="clips rendered at once in separate processes (the same clips as with 1)")
     parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")
     return parser.parse_args(argv)
 
@@ -37,7 +39,8 @@ def run(args: argparse.Namespace) -> None:
 
     options = CorpusOptions(output_dir=args.output_dir, num_clips=args.num_clips, seed=args.seed,
                             heldout_fraction=args.heldout_fraction, size=args.size,
-                            min_seconds=args.min_seconds, progress=not args.no_progress)
+                            min_seconds=args.min_seconds, progress=not args.no_progress,
+                            workers=args.workers)
     rows = make_corpus(options)
     heldout = sum(row["split"] == "heldout" for row in rows)
     print(f"{len(rows)} clips ({len(rows) - heldout} train, {heldout} heldout) in {args.output_dir}; "

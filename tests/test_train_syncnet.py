@@ -120,6 +120,27 @@ def test_full_size_sample_without_resize(clips):
     assert frames.dtype == torch.float32 and frames.abs().max() <= 1.0
 
 
+def test_windows_per_clip_draws_consecutive_samples_from_one_clip(clips, monkeypatch):
+    """Groups of n consecutive indices share a clip (hard negatives in a batch), each sample with
+    its own windows; n = 1 keeps the reference's one clip per sample."""
+    paths = [str(clips["train"]), str(clips["val"])]
+    grouped = SyncNetDataset(paths, num_frames=NUM_FRAMES, resolution=32, seed=5, cache_frames=True,
+                             windows_per_clip=4)
+    drawn = []
+    original = grouped.sample_clip
+    monkeypatch.setattr(grouped, "sample_clip", lambda path, rng: drawn.append(path) or original(path, rng))
+    samples = [grouped[i] for i in range(32)]
+    groups = [set(drawn[k:k + 4]) for k in range(0, 32, 4)]
+    assert all(len(g) == 1 for g in groups) and len(set().union(*groups)) == 2  # one clip per group, both used
+    assert len({tuple(s["mel"].flatten()[:64].tolist()) for s in samples[:4]}) > 1  # different windows
+    single = SyncNetDataset(paths, num_frames=NUM_FRAMES, resolution=32, seed=5, cache_frames=True)
+    reference = SyncNetDataset(paths, num_frames=NUM_FRAMES, resolution=32, seed=5, cache_frames=True,
+                               windows_per_clip=1)
+    assert all(torch.equal(single[i]["frames"], reference[i]["frames"]) for i in range(4))
+    with pytest.raises(UserError, match="data.windows_per_clip must be at least 1"):
+        SyncNetDataset(paths, windows_per_clip=0)
+
+
 def test_epoch_and_seed_change_the_draws(clips):
     ds = SyncNetDataset(clips["train_list"], num_frames=NUM_FRAMES, resolution=32, seed=1, cache_frames=True)
     first = [ds[i]["mel"] for i in range(4)]

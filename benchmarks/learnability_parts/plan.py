@@ -42,6 +42,7 @@ class Plan:
     syncnet_eval_samples: int
     inference_steps: int
     max_dubs: int  # held-out clips dubbed (all of them when larger)
+    dub_frames: int = 0  # each dub's first frames only (0: the whole clip)
     vae_overrides: list[str] = field(default_factory=list)
     syncnet_overrides: list[str] = field(default_factory=list)
     unet_overrides: list[str] = field(default_factory=list)
@@ -50,12 +51,12 @@ class Plan:
 FULL = Plan(name="full", num_clips=60, heldout_fraction=0.2, min_seconds=5.0, size=256,
             vae_steps=300, syncnet_steps=2400, stage1_steps=1400, stage2_steps=200,
             syncnet_eval_samples=1024, inference_steps=10, max_dubs=12)
-QUICK = Plan(name="quick", num_clips=12, heldout_fraction=0.25, min_seconds=5.0, size=256,
-             vae_steps=60, syncnet_steps=300, stage1_steps=150, stage2_steps=10,
-             syncnet_eval_samples=256, inference_steps=5, max_dubs=3,
+QUICK = Plan(name="quick", num_clips=30, heldout_fraction=0.2, min_seconds=5.0, size=256,
+             vae_steps=60, syncnet_steps=600, stage1_steps=300, stage2_steps=20,
+             syncnet_eval_samples=256, inference_steps=5, max_dubs=3, dub_frames=75,
              vae_overrides=["latents.scale_samples=128", "data.num_val_frames=16", "ckpt.save_ckpt_steps=30"],
-             syncnet_overrides=["data.num_val_samples=64", "run.validation_steps=50", "ckpt.save_ckpt_steps=50"],
-             unet_overrides=["run.validation_steps=1000000", "ckpt.save_ckpt_steps=10"])
+             syncnet_overrides=["data.num_val_samples=64", "run.validation_steps=100", "ckpt.save_ckpt_steps=100"],
+             unet_overrides=["run.validation_steps=1000000", "ckpt.save_ckpt_steps=20"])
 PLANS = {"full": FULL, "quick": QUICK}
 
 

@@ -87,13 +87,20 @@ class SyncNetDataset(torch.utils.data.Dataset):
     recursively for `.mp4`. The clip is drawn at random for every sample (the index only keys
     the RNG), so `length` is just how many samples one pass yields (default: number of clips).
     `cache_frames` keeps every decoded, resized clip in memory: for small data sets only.
+    `windows_per_clip` > 1 draws that many consecutive samples (indices k*n ... k*n+n-1) from one
+    clip, each with its own windows and label: in a batch the windows of one clip at other times
+    are then the hard negatives of its in-sync samples (`contrastive_sync_loss`); 1 (the reference)
+    draws a clip per sample.
     """
 
     def __init__(self, source, num_frames: int = 16, resolution: int = 256, lower_half: bool = True,
                  mel_cache_dir: str | os.PathLike | None = None, seed: int = 42, fps: float = MODEL_FPS,
                  sample_rate: int = SAMPLE_RATE, length: int | None = None, cache_frames: bool = False,
-                 max_consecutive_failures: int = MAX_CONSECUTIVE_FAILURES):
+                 max_consecutive_failures: int = MAX_CONSECUTIVE_FAILURES, windows_per_clip: int = 1):
+        if int(windows_per_clip) < 1:
+            raise UserError(f"data.windows_per_clip must be at least 1, got {windows_per_clip}")
         self.paths = resolve_videos(source)
+        self.windows_per_clip = int(windows_per_clip)
         self.num_frames = int(num_frames)
         self.resolution = int(resolution)
         self.lower_half = bool(lower_half)
@@ -116,7 +123,11 @@ class SyncNetDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         rng = sample_rng("syncnet-sample", self.seed, self.epoch, int(index))
-        return draw_sample(self.paths, rng, self.sample_clip, CLIP_ERRORS, self._reported,
+        sample_clip, clip_rng = self.sample_clip, rng
+        if self.windows_per_clip > 1:  # the group's clip (and any re-draws) from the group's RNG
+            clip_rng = sample_rng("syncnet-group", self.seed, self.epoch, int(index) // self.windows_per_clip)
+            sample_clip = lambda path, _: self.sample_clip(path, rng)  # noqa: E731
+        return draw_sample(self.paths, clip_rng, sample_clip, CLIP_ERRORS, self._reported,
                            self.max_consecutive_failures, "too short for two windows of frames with audio")
 
     def sample_clip(self, path: str, rng: random.Random) -> dict[str, torch.Tensor] | None:

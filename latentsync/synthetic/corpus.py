@@ -17,7 +17,9 @@ from __future__ import annotations
 import csv
 import json
 import math
+import multiprocessing
 import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,6 +60,7 @@ class CorpusOptions:
     size: int = 256  # output frame side in pixels
     min_seconds: float = 0.0  # clips take more sentences (then silence) until this long
     progress: bool = True
+    workers: int = 1  # clips rendered at once, each in its own process (the same clips as with 1)
 
     def check(self) -> None:
         """UserError naming the first bad option."""
@@ -69,6 +72,8 @@ class CorpusOptions:
             raise UserError(f"--size {self.size}: must be an even number from {MIN_SIZE} to {MAX_SIZE}")
         if not 0 <= self.min_seconds <= MAX_SECONDS:
             raise UserError(f"--min_seconds {self.min_seconds}: must be from 0 to {MAX_SECONDS:g}")
+        if self.workers < 1:
+            raise UserError(f"--workers {self.workers}: must be at least 1")
         if Path(self.output_dir).exists() and not Path(self.output_dir).is_dir():
             raise UserError(f"--output_dir {self.output_dir}: exists and is not a folder")
 
@@ -245,13 +250,26 @@ def make_corpus(options: CorpusOptions) -> list[dict]:
     except OSError as exc:
         raise UserError(f"--output_dir {options.output_dir}: cannot create it ({exc.strerror})") from None
     _check_settings(options)
-    rows = []
     plans = plan_clips(options)
-    for plan in tqdm(plans, desc="synthetic clips", unit="clip", disable=not options.progress):
+    rows = {}
+    for plan in plans:
         done = Path(options.output_dir) / plan.split / f"{plan.name}.json"
         if done.exists():
-            rows.append(json.loads(done.read_text(encoding="utf-8")))
-        else:
-            rows.append(write_clip(plan, options))
+            rows[plan.name] = json.loads(done.read_text(encoding="utf-8"))
+    todo = [plan for plan in plans if plan.name not in rows]
+    bar = tqdm(total=len(plans), initial=len(rows), desc="synthetic clips", unit="clip", disable=not options.progress)
+    with bar:
+        if options.workers == 1 or len(todo) < 2:
+            for plan in todo:
+                rows[plan.name] = write_clip(plan, options)
+                bar.update(1)
+        else:  # fresh processes (spawn): espeak-ng and MediaPipe keep per-process state
+            context = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(min(options.workers, len(todo)), mp_context=context) as pool:
+                futures = {pool.submit(write_clip, plan, options): plan.name for plan in todo}
+                for future in as_completed(futures):
+                    rows[futures[future]] = future.result()
+                    bar.update(1)
+    rows = [rows[plan.name] for plan in plans]
     write_manifest(options.output_dir, rows)
     return rows

@@ -85,7 +85,8 @@ def build_datasets(config: DictConfig) -> tuple[SyncNetDataset, SyncNetDataset |
     train_videos = videos_from_config(data.get("train_fileslist"), data.get("train_data_dir"))
     if train_videos is None:
         raise UserError("config: no training data (set data.train_fileslist or data.train_data_dir)")
-    train_set = SyncNetDataset(train_videos, seed=config.run.seed, **options)
+    train_set = SyncNetDataset(train_videos, seed=config.run.seed, windows_per_clip=int(data.get("windows_per_clip", 1)),
+                               **options)
     val_videos = videos_from_config(data.get("val_fileslist"), data.get("val_data_dir"))
     if val_videos is None:
         logger.warning("no validation data configured (data.val_fileslist / data.val_data_dir): skipping validation")
