@@ -48,7 +48,7 @@ class Plan:
     unet_overrides: list[str] = field(default_factory=list)
 
 
-FULL = Plan(name="full", num_clips=60, heldout_fraction=0.2, min_seconds=5.0, size=256,
+FULL = Plan(name="full", num_clips=72, heldout_fraction=0.2, min_seconds=5.0, size=256,
             vae_steps=300, syncnet_steps=2400, stage1_steps=1400, stage2_steps=200,
             syncnet_eval_samples=1024, inference_steps=10, max_dubs=12)
 QUICK = Plan(name="quick", num_clips=30, heldout_fraction=0.2, min_seconds=5.0, size=256,
