@@ -48,8 +48,8 @@ class Plan:
     unet_overrides: list[str] = field(default_factory=list)
 
 
-FULL = Plan(name="full", num_clips=72, heldout_fraction=0.2, min_seconds=5.0, size=256,
-            vae_steps=300, syncnet_steps=2400, stage1_steps=1400, stage2_steps=200,
+FULL = Plan(name="full", num_clips=96, heldout_fraction=0.2, min_seconds=5.0, size=256,
+            vae_steps=300, syncnet_steps=3000, stage1_steps=2000, stage2_steps=300,
             syncnet_eval_samples=1024, inference_steps=10, max_dubs=12)
 QUICK = Plan(name="quick", num_clips=30, heldout_fraction=0.2, min_seconds=5.0, size=256,
              vae_steps=60, syncnet_steps=600, stage1_steps=300, stage2_steps=20,
