@@ -301,7 +301,7 @@ def test_preset_fills_the_options_the_client_did_not_send(media, tmp_path):
         assert reply.status_code == 201
         options = reply.json()["options"]
         assert options["inference_steps"] == 3  # sent explicitly: wins over the preset's 6
-        assert options["scheduler"] == "dpmpp" and options["decode_region"] == "mouth"  # from the preset
+        assert options["scheduler"] == "dpmpp" and options["enable_deepcache"] is True  # from the preset
         plain = client.post("/jobs", **upload(media)).json()["options"]
         assert plain["scheduler"] == "ddim" and plain["inference_steps"] == 20
         bad = client.post("/jobs", **upload(media, preset="fastest"))
