@@ -48,7 +48,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "threads were slower); a step that runs alone gets threads x jobs")
     parser.add_argument("--jobs", type=int, default=2,
                         help="work run side by side: corpus clips, data pipeline workers, the SyncNet beside "
-                             "the VAE and the UNet's first stage, and the dubs (1: one at a time)")
+                             "the VAE and the UNet's first stage, the SyncNet's evaluation beside the UNet's "
+                             "second stage, and the dubs (1: one at a time)")
     parser.add_argument("--whisper_path", default=None,
                         help=f"Whisper checkpoint (default: {REAL_WHISPER.relative_to(REPO)} if present, "
                              "else a seeded random Whisper-tiny encoder)")
@@ -69,9 +70,12 @@ def make_corpus(plan: Plan, layout: Layout, workers: int) -> dict:
     return {}
 
 
-def run_data_pipeline(layout: Layout, split: str, workers: int) -> dict:
+def run_data_pipeline(plan: Plan, layout: Layout, split: str, workers: int) -> dict:
+    """Stages 1-6 on one corpus split: pieces of at least the plan's clip length (every clip is
+    kept), the one-face check on every 5th frame (a rendered clip has its face in every frame)."""
     run_module("scripts.data_processing_pipeline", [
         "--input_dir", layout.corpus / split, "--output_dir", layout.data(split), "--resolution", 256,
+        "--segment_seconds", plan.min_seconds, "--face_check_stride", 5,
         "--min_face_size", 64, "--skip_stages", "7,8", "--num_workers", workers, "--no_progress"],
         layout.logs / f"data_{split}.log", 1)
     clips = sorted(layout.clips(split).glob("*.mp4"))
@@ -137,7 +141,7 @@ def syncnet_ckpt(layout: Layout, plan: Plan) -> Path:
 def unet_overrides(layout: Layout, plan: Plan, whisper: str) -> list[str]:
     return [*data_overrides(layout), f"data.audio_embeds_cache_dir={layout.cache / 'embeds'}",
             f"ckpt.vae_path={layout.vae}", f"ckpt.whisper_path={whisper}",
-            f"ckpt.syncnet_ckpt_path={syncnet_ckpt(layout, plan)}", f"data.syncnet_config_path={SYNCNET_CONFIG}",
+            f"ckpt.syncnet_ckpt_path={syncnet_ckpt(layout, plan)}", f"data.syncnet_config_path={layout.syncnet_config}",
             *plan.unet_overrides]
 
 
@@ -147,8 +151,8 @@ def evaluate_syncnet(layout: Layout, plan: Plan) -> dict:
     from benchmarks.learnability_parts.scoring import syncnet_accuracy
     from latentsync.models import load_syncnet
 
-    model = load_syncnet(SYNCNET_CONFIG, syncnet_ckpt(layout, plan), device="cpu").eval()
-    result = syncnet_accuracy(model, OmegaConf.load(SYNCNET_CONFIG), layout.clips("heldout"),
+    model = load_syncnet(layout.syncnet_config, syncnet_ckpt(layout, plan), device="cpu").eval()
+    result = syncnet_accuracy(model, OmegaConf.load(layout.syncnet_config), layout.clips("heldout"),
                               plan.syncnet_eval_samples, SEED)
     print(f"    held-out SyncNet accuracy {result['accuracy']:.3f} (in sync {result['in_sync_accuracy']:.3f}, "
           f"shifted {result['shifted_accuracy']:.3f}, {result['samples']} samples)", flush=True)
@@ -200,8 +204,8 @@ def score_all(layout: Layout, plan: Plan, frames: dict) -> dict:
     from latentsync.models import load_syncnet
     from latentsync.synthetic.corpus import read_manifest
 
-    config = OmegaConf.load(SYNCNET_CONFIG)
-    syncnet = load_syncnet(SYNCNET_CONFIG, syncnet_ckpt(layout, plan), device="cpu").eval()
+    config = OmegaConf.load(layout.syncnet_config)
+    syncnet = load_syncnet(layout.syncnet_config, syncnet_ckpt(layout, plan), device="cpu").eval()
     detector = make_face_detector("mediapipe")
     clips = []
     try:
@@ -248,10 +252,10 @@ def run(args: argparse.Namespace) -> dict:
     layout = Layout(Path(args.work_dir).resolve())
     layout.root.mkdir(parents=True, exist_ok=True)
     steps = Steps(layout.root, total=11, jobs=args.jobs)
-    t, alone = args.threads, args.threads * args.jobs
+    t = args.threads
     steps.run("corpus", lambda: make_corpus(plan, layout, args.jobs))
     for split in SPLITS:  # each split with `jobs` worker processes (the splits differ 4x in size)
-        steps.run(f"data_{split}", lambda: run_data_pipeline(layout, split, args.jobs))
+        steps.run(f"data_{split}", lambda: run_data_pipeline(plan, layout, split, args.jobs))
     whisper = steps.run("whisper", lambda: make_whisper(layout, args.whisper_path))
     base = unet_overrides(layout, plan, whisper["path"])
     results = {}
@@ -261,7 +265,6 @@ def run(args: argparse.Namespace) -> dict:
                                            "syncnet", plan.syncnet_steps,
                                            [*data_overrides(layout), f"data.val_data_dir={layout.clips('heldout')}",
                                             *plan.syncnet_overrides], t))
-        results["accuracy"] = steps.run("syncnet_eval", lambda: evaluate_syncnet(layout, plan))
 
     def unet_chain():  # ... and the UNet's first stage only the VAE: they train side by side
         steps.run("vae", lambda: train(layout, "scripts.train_vae", "--config_path", VAE_CONFIG, "vae",
@@ -271,11 +274,16 @@ def run(args: argparse.Namespace) -> dict:
                                                "unet_stage1", plan.stage1_steps, base, t))
 
     steps.parallel("training", syncnet_chain, unet_chain)
-    accuracy = results["accuracy"]
-    stage2 = [*base, *STAGE2_OVERRIDES,
+    stage2 = [*base, *STAGE2_OVERRIDES, *plan.stage2_overrides,
               f"ckpt.resume_ckpt_path={layout.checkpoint('unet_stage1', plan.stage1_steps)}"]
-    steps.run("unet_stage2", lambda: train(layout, "scripts.train_unet", "--unet_config_path", UNET_CONFIG,
-                                           "unet_stage2", plan.stage1_steps + plan.stage2_steps, stage2, alone))
+
+    def evaluate():  # the SyncNet's evaluation (in this process, `threads` threads) runs beside
+        results["accuracy"] = steps.run("syncnet_eval", lambda: evaluate_syncnet(layout, plan))
+
+    steps.parallel("stage 2", evaluate, lambda: steps.run(  # ... stage 2, which needs only its checkpoint
+        "unet_stage2", lambda: train(layout, "scripts.train_unet", "--unet_config_path", UNET_CONFIG,
+                                     "unet_stage2", plan.stage1_steps + plan.stage2_steps, stage2, t * args.jobs)))
+    accuracy = results["accuracy"]
     dubs = steps.run("dubs", lambda: dub_all(layout, plan, whisper["path"], args.jobs))
     scores = steps.run("score", lambda: score_all(layout, plan, dubs["frames"]))
     extra = dict(whisper=whisper["kind"], cpu_minutes=round(steps.total_cpu_seconds() / 60, 2),

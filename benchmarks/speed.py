@@ -467,7 +467,7 @@ def quality_runs(work: Path, settings: dict, clips: int, max_frames: int, tmp: P
 
     from benchmarks.learnability import SEED
     from benchmarks.learnability_parts import dubbing
-    from benchmarks.learnability_parts.plan import SYNCNET_CONFIG, Layout
+    from benchmarks.learnability_parts.plan import Layout
     from latentsync.face.detectors import make_face_detector
     from latentsync.models import load_syncnet
     from latentsync.pipelines.lipsync_pipeline import LipsyncPipeline
@@ -476,8 +476,8 @@ def quality_runs(work: Path, settings: dict, clips: int, max_frames: int, tmp: P
     layout, models = Layout(work), learnability_models(work)
     pipe = LipsyncPipeline.from_checkpoints(models["unet"].parent.parent / "config.yaml", models["unet"],
                                             models["whisper"], layout.vae, device="cpu")
-    syncnet = load_syncnet(SYNCNET_CONFIG, models["syncnet"], device="cpu").eval()
-    config, detector = OmegaConf.load(SYNCNET_CONFIG), make_face_detector("mediapipe")
+    syncnet = load_syncnet(layout.syncnet_config, models["syncnet"], device="cpu").eval()
+    config, detector = OmegaConf.load(layout.syncnet_config), make_face_detector("mediapipe")
     try:
         truths = {}
         for clip, new, third in dubbing.dub_pairs(read_manifest(layout.corpus), clips):

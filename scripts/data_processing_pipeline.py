@@ -37,6 +37,16 @@ def parse_stages(text: str) -> tuple:
         raise argparse.ArgumentTypeError(f"expected stage numbers like 7,8, got {text!r}")
 
 
+def positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -57,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num_shards", type=int, default=1, help="number of machines")
     parser.add_argument("--ray_address", default=None,
                         help="run on a Ray cluster (address, e.g. auto) or 'local' for this machine")
+    parser.add_argument("--segment_seconds", type=positive_seconds, default=5.0,
+                        help="stage 4: cut each shot into pieces of this length up to twice it, and drop "
+                             "shorter shots (default 5: the reference's 5-10 s pieces)")
     parser.add_argument("--skip_stages", type=parse_stages, default=(),
                         help="comma-separated stage numbers to pass through, e.g. 7,8")
     parser.add_argument("--reencode", choices=("auto", "always"), default="auto",
@@ -92,7 +105,7 @@ def make_options(args: argparse.Namespace):
     return PipelineOptions(
         input_dir=args.input_dir, output_dir=args.output_dir or default_output_dir(args.input_dir),
         resolution=args.resolution, min_face_size=args.min_face_size,
-        face_check_stride=args.face_check_stride, num_workers=args.num_workers,
+        face_check_stride=args.face_check_stride, segment_seconds=args.segment_seconds, num_workers=args.num_workers,
         device_workers=args.device_workers, shard_index=args.shard_index, num_shards=args.num_shards,
         ray_address=args.ray_address, skip_stages=args.skip_stages,
         sync_conf_threshold=args.sync_conf_threshold, max_sync_offset=args.max_sync_offset,

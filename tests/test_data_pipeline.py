@@ -475,6 +475,22 @@ def test_stage_4_always_re_encodes_near_equal_pieces(copy_clips, tmp_path):
     assert [probe_video(p).num_frames for p in sorted(result.outputs)] == [150, 150]
 
 
+def test_segment_seconds_flag_sets_the_piece_length(copy_clips, tmp_path, capsys):
+    from latentsync.data.preprocess.segment import segment
+    from scripts.data_processing_pipeline import build_parser, make_options
+
+    parser = build_parser()
+    options = make_options(parser.parse_args(["--input_dir", "raw", "--segment_seconds", "4", "--reencode", "always"]))
+    result = segment(copy_clips["stereo"], tmp_path, options)  # 12 s: three 4 s pieces
+    assert [probe_video(p).num_frames for p in sorted(result.outputs)] == [100, 100, 100]
+    options = make_options(parser.parse_args(["--input_dir", "raw", "--segment_seconds", "13"]))
+    assert segment(copy_clips["stereo"], tmp_path / "long", options).reason == "too_short"
+    for bad in ("0", "-2", "five"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["--input_dir", "raw", "--segment_seconds", bad])
+        assert "--segment_seconds: expected a positive number of seconds" in capsys.readouterr().err
+
+
 def test_piece_boundaries_move_to_key_frames_within_the_5_to_10_s_limits():
     from latentsync.data.preprocess.segment import keyframe_bounds
 

@@ -290,13 +290,15 @@ sys.exit(code)
 
 
 def test_peak_memory_does_not_grow_with_clip_length(tiny, tmp_path):
+    """A 24 s clip peaks within 100 MB of a 4 s one: holding its 500 extra decoded frames
+    (270 x 480 RGB) alone would take 190 MB more."""
     base = tmp_path / "base.mp4"
-    ffmpeg("-i", need(MEDIA / "demo1_video.mp4"), "-t", 10, "-vf", "scale=270:480", "-c:v", "libx264", "-crf", 18,
+    ffmpeg("-i", need(MEDIA / "demo1_video.mp4"), "-t", 4, "-vf", "scale=270:480", "-c:v", "libx264", "-crf", 18,
            "-an", base)
     long = tmp_path / "long.mp4"
-    ffmpeg("-stream_loop", 5, "-i", base, "-t", 60, "-c", "copy", long)
+    ffmpeg("-stream_loop", 5, "-i", base, "-t", 24, "-c", "copy", long)
     peaks = {}
-    for name, video, seconds in (("10s", base, 10), ("60s", long, 60)):
+    for name, video, seconds in (("4s", base, 4), ("24s", long, 24)):
         audio = speech_wav(tmp_path, seconds, f"{name}.wav")
         result = subprocess.run(
             [sys.executable, "-c", RSS_SCRIPT, "--unet_config_path", tiny / "unet.yaml", "--inference_ckpt_path",
@@ -307,7 +309,7 @@ def test_peak_memory_does_not_grow_with_clip_length(tiny, tmp_path):
         assert result.returncode == 0, result.stderr[-2000:]
         peaks[name] = int(result.stdout.split("MAXRSS")[-1])
     print("peak RSS kB", peaks)
-    assert peaks["60s"] < 1.5 * peaks["10s"], peaks
+    assert peaks["24s"] - peaks["4s"] < 100_000, peaks
 
 
 def test_whisper_width_must_match_the_unet(tiny):

@@ -42,6 +42,7 @@ def learnability_dir(tmp_path_factory):
     shutil.copytree(tiny / "vae", layout.vae)
     model = StableSyncNet.from_config(OmegaConf.to_container(OmegaConf.load(SYNCNET_CONFIG).model))
     atomic_save_torch({"state_dict": model.state_dict()}, syncnet)
+    shutil.copy(SYNCNET_CONFIG, layout.syncnet_config)
     steps = dict(corpus={}, vae={}, whisper=dict(path=str(default_path("whisper", tiny))),
                  syncnet=dict(checkpoint=str(syncnet)), unet_stage2=dict(checkpoint=str(unet)))
     (layout.root / "steps.json").write_text(json.dumps({k: dict(seconds=1.0, result=v) for k, v in steps.items()}))
