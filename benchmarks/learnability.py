@@ -48,8 +48,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "threads were slower); a step that runs alone gets threads x jobs")
     parser.add_argument("--jobs", type=int, default=2,
                         help="work run side by side: corpus clips, data pipeline workers, the SyncNet beside "
-                             "the VAE and the UNet's first stage, the SyncNet's evaluation beside the UNet's "
-                             "second stage, and the dubs (1: one at a time)")
+                             "the VAE and the UNet's first stage, and the dubs (1: one at a time)")
     parser.add_argument("--whisper_path", default=None,
                         help=f"Whisper checkpoint (default: {REAL_WHISPER.relative_to(REPO)} if present, "
                              "else a seeded random Whisper-tiny encoder)")
@@ -252,7 +251,7 @@ def run(args: argparse.Namespace) -> dict:
     layout = Layout(Path(args.work_dir).resolve())
     layout.root.mkdir(parents=True, exist_ok=True)
     steps = Steps(layout.root, total=11, jobs=args.jobs)
-    t = args.threads
+    t, alone = args.threads, args.threads * args.jobs
     steps.run("corpus", lambda: make_corpus(plan, layout, args.jobs))
     for split in SPLITS:  # each split with `jobs` worker processes (the splits differ 4x in size)
         steps.run(f"data_{split}", lambda: run_data_pipeline(plan, layout, split, args.jobs))
@@ -265,6 +264,7 @@ def run(args: argparse.Namespace) -> dict:
                                            "syncnet", plan.syncnet_steps,
                                            [*data_overrides(layout), f"data.val_data_dir={layout.clips('heldout')}",
                                             *plan.syncnet_overrides], t))
+        results["accuracy"] = steps.run("syncnet_eval", lambda: evaluate_syncnet(layout, plan))
 
     def unet_chain():  # ... and the UNet's first stage only the VAE: they train side by side
         steps.run("vae", lambda: train(layout, "scripts.train_vae", "--config_path", VAE_CONFIG, "vae",
@@ -274,16 +274,11 @@ def run(args: argparse.Namespace) -> dict:
                                                "unet_stage1", plan.stage1_steps, base, t))
 
     steps.parallel("training", syncnet_chain, unet_chain)
+    accuracy = results["accuracy"]
     stage2 = [*base, *STAGE2_OVERRIDES, *plan.stage2_overrides,
               f"ckpt.resume_ckpt_path={layout.checkpoint('unet_stage1', plan.stage1_steps)}"]
-
-    def evaluate():  # the SyncNet's evaluation (in this process, `threads` threads) runs beside
-        results["accuracy"] = steps.run("syncnet_eval", lambda: evaluate_syncnet(layout, plan))
-
-    steps.parallel("stage 2", evaluate, lambda: steps.run(  # ... stage 2, which needs only its checkpoint
-        "unet_stage2", lambda: train(layout, "scripts.train_unet", "--unet_config_path", UNET_CONFIG,
-                                     "unet_stage2", plan.stage1_steps + plan.stage2_steps, stage2, t * args.jobs)))
-    accuracy = results["accuracy"]
+    steps.run("unet_stage2", lambda: train(layout, "scripts.train_unet", "--unet_config_path", UNET_CONFIG,
+                                           "unet_stage2", plan.stage1_steps + plan.stage2_steps, stage2, alone))
     dubs = steps.run("dubs", lambda: dub_all(layout, plan, whisper["path"], args.jobs))
     scores = steps.run("score", lambda: score_all(layout, plan, dubs["frames"]))
     extra = dict(whisper=whisper["kind"], cpu_minutes=round(steps.total_cpu_seconds() / 60, 2),
