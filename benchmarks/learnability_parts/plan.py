@@ -2,7 +2,7 @@
 
 The model sizes, learning rates and default step counts live in configs/*/learnability.yaml (the
 full run). The quick run overrides them on the trainers' command lines, with the same trainers:
-counts (clips, steps, samples) and, to fit its 8 minutes on two cores, a cheaper SyncNet (32 px
+counts (clips, steps, samples) and, to come near its 8 minutes on two cores, a cheaper SyncNet (32 px
 faces: 2x cheaper steps, learning as fast per step as at 64 px) and UNet stage-1 batches of 2 clips x 4
 frames instead of 1 x 16 (at equal compute, 1000 such steps gave a dub mouth-opening correlation
 of 0.55 against 0.37 for 500 steps of 16 frames: more clips per step beat more frames per clip).
