@@ -271,11 +271,11 @@ def run(args: argparse.Namespace) -> dict:
                                        plan.vae_steps, [f"data.train_data_dir={layout.clips('train')}",
                                                         *plan.vae_overrides], t))
         steps.run("unet_stage1", lambda: train(layout, "scripts.train_unet", "--unet_config_path", UNET_CONFIG,
-                                               "unet_stage1", plan.stage1_steps, base, t))
+                                               "unet_stage1", plan.stage1_steps, [*base, *plan.stage1_overrides], t))
 
     steps.parallel("training", syncnet_chain, unet_chain)
     accuracy = results["accuracy"]
-    stage2 = [*base, *STAGE2_OVERRIDES, *plan.stage2_overrides,
+    stage2 = [*base, *STAGE2_OVERRIDES,
               f"ckpt.resume_ckpt_path={layout.checkpoint('unet_stage1', plan.stage1_steps)}"]
     steps.run("unet_stage2", lambda: train(layout, "scripts.train_unet", "--unet_config_path", UNET_CONFIG,
                                            "unet_stage2", plan.stage1_steps + plan.stage2_steps, stage2, alone))

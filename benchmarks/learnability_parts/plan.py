@@ -50,7 +50,7 @@ class Plan:
     vae_overrides: list[str] = field(default_factory=list)
     syncnet_overrides: list[str] = field(default_factory=list)
     unet_overrides: list[str] = field(default_factory=list)  # both UNet stages
-    stage2_overrides: list[str] = field(default_factory=list)  # stage 2 only (after STAGE2_OVERRIDES)
+    stage1_overrides: list[str] = field(default_factory=list)  # stage 1 only (stage 2 keeps the config's)
 
 
 FULL = Plan(name="full", num_clips=96, heldout_fraction=0.2, min_seconds=5.0, size=256,
@@ -62,9 +62,8 @@ QUICK = Plan(name="quick", num_clips=46, heldout_fraction=0.15, min_seconds=3.2,
              vae_overrides=["latents.scale_samples=128", "data.num_val_frames=16", "ckpt.save_ckpt_steps=30"],
              syncnet_overrides=["data.resolution=32", "model.visual_encoder.downsample_factors=[2,1,2,2,2,2,1]",
                                 "data.num_val_samples=64", "run.validation_steps=100", "ckpt.save_ckpt_steps=100"],
-             unet_overrides=["data.num_frames=4", "data.batch_size=2", "run.validation_steps=1000000",
-                             "ckpt.save_ckpt_steps=100"],
-             stage2_overrides=["data.num_frames=16", "data.batch_size=1"])
+             unet_overrides=["run.validation_steps=1000000", "ckpt.save_ckpt_steps=100"],
+             stage1_overrides=["data.num_frames=4", "data.batch_size=2"])
 PLANS = {"full": FULL, "quick": QUICK}
 
 
