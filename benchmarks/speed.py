@@ -483,7 +483,7 @@ def quality_runs(work: Path, settings: dict, clips: int, max_frames: int, tmp: P
         for clip, new, third in dubbing.dub_pairs(read_manifest(layout.corpus), clips):
             folder = tmp / "quality" / dubbing.clip_name(clip)
             n_out = dubbing.prepare_inputs(layout.corpus, folder, clip, new, third, max_frames)
-            truth = dubbing.load_truth(layout.corpus, folder, new, n_out, detector)
+            truth = dubbing.load_truth(folder, n_out, detector)
             truths[dubbing.clip_name(clip)] = (clip, folder, truth)
         score = lambda path, truth: dubbing.score_video(path, truth, syncnet, config, detector)  # noqa: E731
         section = dict(work_dir=str(work), clips=len(truths), max_frames=max_frames, resolution=pipe.resolution,

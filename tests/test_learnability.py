@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from benchmarks.learnability_parts import scoring
-from benchmarks.learnability_parts.dubbing import dub_pairs
+from benchmarks.learnability_parts.dubbing import EXCERPT_LEAD_FRAMES, dub_pairs, speech_start
 from benchmarks.learnability_parts.steps import Steps, StepFailed, run_module
 from conftest import REPO
 
@@ -109,6 +109,16 @@ def test_dub_pairs_use_three_different_heldout_sentences():
     assert all(len({a["clip"], b["clip"], c["clip"]}) == 3 and a["split"] == "heldout" for a, b, c in pairs)
     with pytest.raises(ValueError):
         dub_pairs(rows[:2], max_dubs=10)
+
+
+def test_an_excerpt_skips_the_new_sentences_leading_silence_and_a_whole_clip_does_not():
+    track = np.zeros(60)
+    track[12:30] = 0.6  # closed for 12 frames (leading silence), then speech
+    assert speech_start(track, 0) == 0  # whole-clip dub: the new speech from its start
+    assert speech_start(track, 48) == 12 - EXCERPT_LEAD_FRAMES
+    track[1:4] = 0.3  # opens almost at once: the excerpt starts at the sentence's first frame
+    assert speech_start(track, 48) == 0
+    assert speech_start(np.zeros(60), 48) == 0  # never opens (silence): from the start
 
 
 def test_mouth_similarity_is_perfect_for_identical_frames_and_lower_otherwise():

@@ -1,7 +1,8 @@
 """Dubs of held-out clips and their controls, and the scores of every variant.
 
 Held-out clip i (sorted by name) is dubbed with the speech of held-out clip i+1 (the "new"
-sentence, cut to clip i's length so the speech is never longer than the video); the controls are
+sentence, cut to clip i's length so the speech is never longer than the video; a short excerpt
+starts just before the new sentence's first opening, see speech_start); the controls are
 the input video unchanged, the model with zeroed audio, the model driven by clip i+2's speech
 (a third sentence) and the truth: clip i's identity and head motion rendered with the new
 sentence's mouth track (latentsync/synthetic/corpus.rerender). Every variant is scored against
@@ -23,6 +24,12 @@ from latentsync.constants import MODEL_FPS, SAMPLE_RATE
 from latentsync.io import atomic_write_text
 
 VARIANTS = ("dub", "input", "zero_audio", "other_audio", "truth")
+# An excerpt's new speech starts this many frames before the new sentence's mouth first opens
+# (its leading silence is cut): every clip starts with closed lips, and in a short excerpt the
+# shared closed start made even the unchanged input correlate with the new track (0.27 on 48 frames).
+EXCERPT_LEAD_FRAMES = 2
+OPENING_THRESHOLD = 0.05  # truth opening above which the lips count as open
+TRUTH_TRACK = "truth.mouth.csv"  # the new sentence's truth track as the dub's output frames follow it
 MODEL_VARIANTS = {"dub": "speech.wav", "zero_audio": "zero.wav", "other_audio": "other.wav"}
 
 
@@ -39,29 +46,52 @@ def clip_name(row: dict) -> str:
     return Path(row["clip"]).stem
 
 
+def speech_start(track_open: np.ndarray, max_frames: int) -> int:
+    """First frame of the new sentence a dub uses: 0 for a whole-clip dub (max_frames 0), else
+    EXCERPT_LEAD_FRAMES before the truth track first opens."""
+    opened = np.flatnonzero(track_open > OPENING_THRESHOLD)
+    if not max_frames or not len(opened):
+        return 0
+    return max(int(opened[0]) - EXCERPT_LEAD_FRAMES, 0)
+
+
+def _new_track(corpus: Path, new: dict, max_frames: int) -> tuple[np.ndarray, int]:
+    """The new sentence's truth track [n, 2] from the frame the dub starts at, and that frame."""
+    from latentsync.synthetic.visemes import OPEN, read_track_csv
+
+    track = read_track_csv(corpus / new["mouth"])
+    start = speech_start(track[:, OPEN], max_frames)
+    return track[start:], start
+
+
 def _fit(samples: np.ndarray, n: int) -> np.ndarray:
     return np.pad(samples[:n], (0, max(n - len(samples), 0))).astype(np.float32)
 
 
 def prepare_inputs(corpus: Path, folder: Path, clip: dict, new: dict, third: dict, max_frames: int = 0) -> int:
-    """speech.wav (new sentence cut to the clip, and to `max_frames` if not 0), zero.wav, other.wav
-    (third sentence, same length) and truth.mp4 in `folder`; returns the number of output frames."""
+    """speech.wav (new sentence cut to the clip; if `max_frames` is not 0, an excerpt of that many
+    frames from just before its first opening, speech_start), zero.wav, other.wav (third sentence,
+    same length), the truth track of the output frames (TRUTH_TRACK) and its rendering truth.mp4 in
+    `folder`; returns the number of output frames."""
     from latentsync.audio import load_audio
     from latentsync.synthetic.corpus import rerender
-    from latentsync.synthetic.visemes import fit_track, read_track_csv
+    from latentsync.synthetic.visemes import fit_track, write_track_csv
     from latentsync.video import write_audio_wav
 
     folder.mkdir(parents=True, exist_ok=True)
     per_frame = SAMPLE_RATE // MODEL_FPS
     frames = min(int(clip["n_frames"]), max_frames) if max_frames else int(clip["n_frames"])
-    speech = load_audio(corpus / new["wav"])[:frames * per_frame]
+    new_track, start = _new_track(corpus, new, max_frames)
+    speech = load_audio(corpus / new["wav"])[start * per_frame:(start + frames) * per_frame]
     n_out = math.ceil(len(speech) * MODEL_FPS / SAMPLE_RATE)
     for name, samples in (("speech.wav", speech), ("zero.wav", np.zeros_like(speech)),
                           ("other.wav", _fit(load_audio(corpus / third["wav"]), len(speech)))):
         if not (folder / name).exists():
             write_audio_wav(folder / name, samples, SAMPLE_RATE)
+    track = fit_track(new_track, n_out)
+    if not (folder / TRUTH_TRACK).exists():
+        write_track_csv(folder / TRUTH_TRACK, track)
     if not (folder / "truth.mp4").exists():
-        track = fit_track(read_track_csv(corpus / new["mouth"]), n_out)
         rerender(corpus, clip, track, folder / "truth.mp4")
     return n_out
 
@@ -101,14 +131,14 @@ class Truth:
     boxes: list
 
 
-def load_truth(corpus: Path, folder: Path, new: dict, n_out: int, detector) -> Truth:
-    """The Truth of the dub in `folder` (made by prepare_inputs) with the new sentence `new`."""
+def load_truth(folder: Path, n_out: int, detector) -> Truth:
+    """The Truth of the dub in `folder` (made by prepare_inputs)."""
     from benchmarks.learnability_parts import scoring
     from latentsync.audio import load_audio
-    from latentsync.synthetic.visemes import OPEN, fit_track, read_track_csv
+    from latentsync.synthetic.visemes import OPEN, read_track_csv
 
     frames = read_all(folder / "truth.mp4", n_out)
-    return Truth(track=fit_track(read_track_csv(corpus / new["mouth"]), n_out)[:, OPEN],
+    return Truth(track=read_track_csv(folder / TRUTH_TRACK)[:n_out, OPEN],
                  speech=load_audio(folder / "speech.wav"), frames=frames, boxes=scoring.mouth_boxes(frames, detector))
 
 
@@ -131,7 +161,7 @@ def score_clip(corpus: Path, folder: Path, clip: dict, new: dict, n_out: int, sy
     cached = folder / "scores.json"
     if cached.exists():
         return json.loads(cached.read_text())
-    truth = load_truth(corpus, folder, new, n_out, detector)
+    truth = load_truth(folder, n_out, detector)
     sources = {"input": corpus / clip["clip"], "truth": folder / "truth.mp4",
                **{v: folder / f"{v}.mp4" for v in MODEL_VARIANTS}}
     scores = dict(clip=clip_name(clip), new_sentence=clip_name(new), frames=n_out)

@@ -136,7 +136,8 @@ def syncnet_accuracy(syncnet, config, clips_dir, num_samples: int, seed: int) ->
 
     data = config.data
     dataset = SyncNetDataset(str(clips_dir), num_frames=data.num_frames, resolution=data.resolution,
-                             lower_half=data.lower_half, seed=seed, length=num_samples)
+                             lower_half=data.lower_half, seed=seed, length=num_samples,
+                             cache_frames=True)  # each held-out clip decoded once
     device = next(syncnet.parameters()).device
     correct, count = np.zeros(2), np.zeros(2)
     for batch in torch.utils.data.DataLoader(dataset, batch_size=32):
