@@ -25,8 +25,6 @@ ALLOW_SKIPS_ENV = "LATENTSYNC_ALLOW_SKIPS"
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU; the only tests allowed to skip")
-    config.addinivalue_line("markers", "slow: runs for minutes (the quick learnability benchmark); not run by "
-                                       "default (pyproject addopts); run them with: pytest -m slow")
 
 
 def _unexpected_skips(reporter) -> list:

@@ -1,6 +1,5 @@
-"""The learnability benchmark's parts, and the quick benchmark run (issue 10; marked `slow`: about
-9-10 minutes on the 2-core CI machine, outside the default suite; run it with `pytest -m slow`):
-it trains the VAE, the SyncNet and the UNet (stages 1 and 2) on a synthetic corpus with known
+"""The learnability benchmark's parts, and the quick benchmark run (issue 10; about 7 minutes on the
+2-core CI machine): it trains the VAE, the SyncNet and the UNet (stages 1 and 2) on a synthetic corpus with known
 mouth tracks and must show that they learn lip sync: held-out SyncNet accuracy >= 0.75 and dubs
 whose measured mouth opening follows the new speech at least 0.3 better (Pearson r) than the
 zeroed-audio control.
@@ -136,7 +135,6 @@ def quick_run(tmp_path_factory):
     return work, run_benchmark(work)
 
 
-@pytest.mark.slow
 def test_quick_run_learns_lip_sync(quick_run):
     work, result = quick_run
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -150,7 +148,6 @@ def test_quick_run_learns_lip_sync(quick_run):
         assert (work / "report" / name).stat().st_size > 0
 
 
-@pytest.mark.slow
 def test_rerun_skips_finished_steps_and_redoes_removed_ones(quick_run):
     work, first = quick_run
     assert first.returncode in (0, 1), first.stderr[-3000:]  # 1: finished, trend not met
