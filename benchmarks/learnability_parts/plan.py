@@ -27,6 +27,8 @@ REAL_WHISPER = REPO / "checkpoints/whisper/tiny.pt"
 STAGE2_OVERRIDES = ["model.use_motion_module=true", "run.pixel_space_supervise=true", "run.use_syncnet=true",
                     "run.sync_loss_weight=0.05", "run.trainable_modules=[motion_modules.,attentions.]",
                     "optimizer.lr=2e-4"]
+# stage 1 (both runs): batches of 2 clips x 4 frames instead of the config's 1 x 16 (docstring)
+STAGE1_OVERRIDES = ["data.num_frames=4", "data.batch_size=2"]
 # OpenAI Whisper tiny's shape (384-d features); used for a seeded random encoder when the real
 # checkpoint is absent (it cannot be downloaded here)
 WHISPER_TINY_DIMS = dict(n_mels=80, n_audio_ctx=1500, n_audio_state=384, n_audio_head=6, n_audio_layer=4,
@@ -49,7 +51,7 @@ class Plan:
     syncnet_eval_samples: int
     inference_steps: int
     max_dubs: int  # held-out clips dubbed (all of them when larger)
-    dub_frames: int = 0  # each dub's first frames only (0: the whole clip)
+    dub_frames: int = 0  # each dub an excerpt of this many frames (dubbing.speech_start; 0: the whole clip)
     vae_overrides: list[str] = field(default_factory=list)
     syncnet_overrides: list[str] = field(default_factory=list)
     unet_overrides: list[str] = field(default_factory=list)  # both UNet stages
@@ -59,7 +61,7 @@ class Plan:
 FULL = Plan(name="full", num_clips=128, heldout_fraction=0.2, min_seconds=5.0, size=256,
             vae_steps=300, syncnet_steps=4000, stage1_steps=4000, stage2_steps=300,
             syncnet_eval_samples=1024, inference_steps=5, max_dubs=12,
-            stage1_overrides=["data.num_frames=4", "data.batch_size=2"])
+            stage1_overrides=STAGE1_OVERRIDES)
 QUICK = Plan(name="quick", num_clips=46, heldout_fraction=0.15, min_seconds=3.2, size=256,
              vae_steps=60, syncnet_steps=1000, stage1_steps=550, stage2_steps=10,
              syncnet_eval_samples=1024, inference_steps=3, max_dubs=5, dub_frames=48,
@@ -67,7 +69,7 @@ QUICK = Plan(name="quick", num_clips=46, heldout_fraction=0.15, min_seconds=3.2,
              syncnet_overrides=["data.resolution=32", "model.visual_encoder.downsample_factors=[2,1,2,2,2,2,1]",
                                 "data.num_val_samples=64", "run.validation_steps=100", "ckpt.save_ckpt_steps=100"],
              unet_overrides=["run.validation_steps=1000000", "ckpt.save_ckpt_steps=100"],
-             stage1_overrides=["data.num_frames=4", "data.batch_size=2"])
+             stage1_overrides=STAGE1_OVERRIDES)
 PLANS = {"full": FULL, "quick": QUICK}
 
 
