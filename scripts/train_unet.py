@@ -6,8 +6,9 @@
 
 Trailing KEY=VALUE arguments override config entries (OmegaConf dot-list). With --resume_from
 and no --unet_config_path, the run folder's config.yaml is used. Several GPUs: `accelerate launch
--m scripts.train_unet ...` (see train_unet.sh). A bad config, missing data or checkpoint stops the
-run before training with a one-line message and exit code 2.
+-m scripts.train_unet ...` (see train_unet.sh). A bad config (an unknown or mistyped key in the
+file or an override included), missing data or checkpoint stops the run before training with a
+one-line message and exit code 2.
 """
 
 import sys

@@ -261,12 +261,13 @@ def test_a_unet_trained_to_predict_the_clean_latent_is_sampled_that_way(tiny, me
     config.yaml samples with that prediction type whichever sampler a run asks for."""
     from latentsync.pipelines.lipsync_pipeline import LipsyncOptions, LipsyncPipeline
     from latentsync.schedulers import make_sampler
+    from latentsync.training.unet_config import UNetRun
     from latentsync.training.unet_step import StepSettings
     from latentsync.video import probe_video
 
-    assert StepSettings.from_config(OmegaConf.create({"run": {}})).prediction_type == "epsilon"  # the reference
+    assert StepSettings.from_config(UNetRun()).prediction_type == "epsilon"  # the reference
     with pytest.raises(UserError, match="prediction_type 'x0'"):
-        StepSettings.from_config(OmegaConf.create({"run": {"prediction_type": "x0"}}))
+        StepSettings.from_config(UNetRun(prediction_type="x0"))
     overrides = stage1_overrides(**{"run.prediction_type": "sample", "run.max_train_steps": 2,
                                     "ckpt.save_ckpt_steps": 2})
     assert run_training(write_config(tmp_path / "cfg.yaml", tiny, media, tmp_path, **overrides)) == 0
@@ -293,6 +294,8 @@ def test_a_unet_trained_to_predict_the_clean_latent_is_sampled_that_way(tiny, me
     ({"run.trainable_modules": ["motion_modules.", "not_a_module."]}, "'not_a_module.' matches no UNet parameter"),
     ({"data.train_fileslist": "/nonexistent/train.txt"}, "/nonexistent/train.txt: file list not found"),
     ({"data.syncnet_config_path": "TINY/syncnet.yaml"}, "does not match the SyncNet config"),
+    ({"data.batch_sze": 2}, "cfg.yaml: unknown key data.batch_sze; did you mean data.batch_size?"),
+    ({"run.trepa_los_weight": 2}, "cfg.yaml: unknown key run.trepa_los_weight; did you mean run.trepa_loss_weight?"),
 ])
 def test_bad_config_fails_before_training(tiny, media, tmp_path, capsys, overrides, message):
     overrides = {k: (v.replace("TINY", str(tiny)) if isinstance(v, str) else v) for k, v in overrides.items()}
@@ -301,6 +304,23 @@ def test_bad_config_fails_before_training(tiny, media, tmp_path, capsys, overrid
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "runs").exists()  # nothing was started
+
+
+def test_training_clips_are_found_in_nested_folders(tiny, media, tmp_path):
+    """data.train_data_dir is searched recursively, as by the SyncNet and VAE trainers."""
+    import shutil
+
+    from latentsync.training.unet_config import check_config, load_config
+    from latentsync.training.options import TrainOptions
+
+    nested = tmp_path / "clips/speaker1/session2"
+    nested.mkdir(parents=True)
+    shutil.copy(media["clip"], nested / "clip.mp4")
+    shutil.copy(media["clip"], tmp_path / "clips/top.mp4")
+    path = write_config(tmp_path / "cfg.yaml", tiny, media, tmp_path, **stage1_overrides(**{
+        "data.train_fileslist": "", "data.train_data_dir": str(tmp_path / "clips")}))
+    clips = check_config(load_config(str(path), TrainOptions(str(path))), str(path))
+    assert clips == [str(nested / "clip.mp4"), str(tmp_path / "clips/top.mp4")]
 
 
 def test_shell_script_reports_a_bad_config_in_one_line(tiny, media, tmp_path):
@@ -334,7 +354,8 @@ def test_initial_weights_stage2_from_stage1_and_sd15_rules(tmp_path):
     # stage 2 from a stage-1 file: motion modules keep their initialisation, everything else loads
     stage2 = build_unet(model, "stage2")
     motion = {k: v.clone() for k, v in stage2.state_dict().items() if ".motion_modules." in k}
-    assert motion and load_initial_weights(stage2, str(tmp_path / "stage1.pt")) == 7
+    step, history = load_initial_weights(stage2, str(tmp_path / "stage1.pt"))
+    assert motion and step == 7 and history.to_dict() == {}
     loaded = stage2.state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in stage1.items())
     assert all(torch.equal(loaded[k], v) for k, v in motion.items())
@@ -364,6 +385,7 @@ def test_initial_weights_stage2_from_stage1_and_sd15_rules(tmp_path):
 def test_mask_loss_weight_counts_the_generated_region_more():
     """run.mask_loss_weight: w = 0 is the plain MSE; w > 0 weights errors where the mask is 0
     (the generated mouth region) 1 + w times, normalised so a uniform error keeps its loss."""
+    from latentsync.training.unet_config import UNetRun
     from latentsync.training.unet_step import StepSettings, noise_loss
 
     keep = torch.ones(1, 1, 2, 4, 4)
@@ -377,12 +399,12 @@ def test_mask_loss_weight_counts_the_generated_region_more():
     elsewhere[..., 0, 1] = 1.0
     assert noise_loss(in_mouth, noise, keep, 0.0) == noise_loss(elsewhere, noise, keep, 0.0)
     assert noise_loss(in_mouth, noise, keep, 9.0) == pytest.approx(10 * noise_loss(elsewhere, noise, keep, 9.0))
-    settings = StepSettings.from_config(OmegaConf.create({"run": {"mask_loss_weight": 4}}))
+    settings = StepSettings.from_config(UNetRun(mask_loss_weight=4))
     assert settings.mask_loss_weight == 4.0
-    assert StepSettings.from_config(OmegaConf.create({"run": {}})).mask_loss_weight == 0.0
+    assert StepSettings.from_config(UNetRun()).mask_loss_weight == 0.0
     from latentsync.errors import UserError
     with pytest.raises(UserError, match="mask_loss_weight"):
-        StepSettings.from_config(OmegaConf.create({"run": {"mask_loss_weight": -1}}))
+        StepSettings.from_config(UNetRun(mask_loss_weight=-1))
 
 
 def test_latent_cache_gives_the_uncached_latents_and_encodes_each_frame_once():

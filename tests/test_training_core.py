@@ -15,7 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from latentsync.errors import UserError
 from latentsync.training import syncnet_trainer, unet_trainer
-from latentsync.training.config import RunSettings, load_training_config, migrate_keys
+from latentsync.training.config import OptimizerSection, TrainingConfig, load_training_config, migrate_keys
 from latentsync.training.core import Run, RunKind, find_resume, lr_factor
 from latentsync.training.options import TrainOptions
 from latentsync.training.state import STATE_PATTERN, checkpoint_path, find_state_file, prune, state_path
@@ -49,16 +49,17 @@ def toy_train(config_path=None, **options):
     options = TrainOptions(None if config_path is None else str(config_path), device="cpu", show_progress=False,
                            **options)
     resume, path = find_resume(options, TOY)
-    config, settings = load_training_config(path, options.overrides, "toy", (), options.train_output_dir,
-                                            options.max_train_steps)
-    run = Run(TOY, config, settings, options, resume)
+    config = load_training_config(TrainingConfig, path, options.overrides, options.train_output_dir,
+                                  options.max_train_steps)
+    run = Run(TOY, config, options, resume)
+    features = config.model["features"]
     torch.manual_seed(0)
-    model = torch.nn.Linear(config.model.features, 1)
+    model = torch.nn.Linear(features, 1)
     run.load_resumed_weights(model)
     model = run.prepare(model, model.parameters())
     run.begin("toy")
     while not run.done:
-        x = torch.randn(settings.batch_size, config.model.features)  # the global RNG: restored on resume
+        x = torch.randn(config.data.batch_size, features)  # the global RNG: restored on resume
         loss = ((model(x) - x.sum(1, keepdim=True)) ** 2).mean()
         run.accelerator.backward(loss)
         run.optimizer_step()
@@ -81,9 +82,8 @@ def test_deprecated_keys_are_read_under_the_new_names_with_a_warning(tmp_path, c
     path = write_toy_config(tmp_path, **{"run.enable_gradient_checkpointing": True,
                                          "run.mixed_precision_training": True})
     with caplog.at_level(logging.WARNING):
-        config, settings = load_training_config(path, [], "toy", ())
-    assert settings.gradient_checkpointing is True and settings.mixed_precision == "fp16"
-    assert "enable_gradient_checkpointing" not in config.run and "mixed_precision_training" not in config.run
+        config = load_training_config(TrainingConfig, path)
+    assert config.run.gradient_checkpointing is True and config.run.mixed_precision == "fp16"
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("run.enable_gradient_checkpointing is deprecated" in w and "run.gradient_checkpointing" in w
                for w in warnings), warnings
@@ -94,7 +94,7 @@ def test_deprecated_keys_are_read_under_the_new_names_with_a_warning(tmp_path, c
     assert migrate_keys(both).run == {"mixed_precision": "bf16"}
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-        load_training_config(write_toy_config(tmp_path, **{"run.gradient_checkpointing": True}), [], "toy", ())
+        load_training_config(TrainingConfig, write_toy_config(tmp_path, **{"run.gradient_checkpointing": True}))
     assert not [r for r in caplog.records if "deprecated" in r.getMessage()]
 
 
@@ -105,12 +105,11 @@ def test_deprecated_keys_are_read_under_the_new_names_with_a_warning(tmp_path, c
 ])
 def test_unusable_shared_settings_are_user_errors(tmp_path, key, value, message):
     with pytest.raises(UserError, match=message):
-        load_training_config(write_toy_config(tmp_path, **{key: value}), [], "toy", ())
+        load_training_config(TrainingConfig, write_toy_config(tmp_path, **{key: value}))
 
 
 def test_lr_schedule_warmup_then_constant_or_cosine():
-    settings = RunSettings(batch_size=1, max_train_steps=10, save_ckpt_steps=1, validation_steps=1,
-                           keep_training_states=1, seed=0, lr=1.0, max_grad_norm=1.0, lr_warmup_steps=4)
+    settings = OptimizerSection(lr=1.0, max_grad_norm=1.0, lr_warmup_steps=4)
     constant = lr_factor(settings, 10)
     assert [constant(s) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
     settings.lr_scheduler = "cosine"

@@ -52,12 +52,21 @@ def resolve_videos(source) -> list[str]:
     return paths
 
 
-def videos_from_config(fileslist: str | None, data_dir: str | None, what: str = "train") -> list[str] | None:
-    """Paths named by `data.<what>_fileslist` (preferred) or `data.<what>_data_dir`; None if neither is set."""
-    if fileslist:
-        return read_file_list(fileslist)
-    if data_dir:
-        return find_videos(data_dir)
+def videos_from_config(fileslist: str | None, data_dir: str | None, what: str = "train",
+                       required: bool = False) -> list[str] | None:
+    """The clips of every trainer: the paths named by `data.<what>_fileslist` (preferred), else every
+    `.mp4` below `data.<what>_data_dir` (searched recursively); None if neither is set (UserError
+    when `required`). UserError naming the setting for a missing or empty list or folder."""
+    try:
+        if fileslist:
+            return read_file_list(fileslist)
+        if data_dir:
+            return find_videos(data_dir, recursive=True)
+    except UserError as e:
+        raise UserError(f"data.{what}_{'fileslist' if fileslist else 'data_dir'}: {e}") from None
+    if required:
+        raise UserError(f"no {'training' if what == 'train' else what} data: set data.{what}_fileslist or "
+                        f"data.{what}_data_dir")
     return None
 
 

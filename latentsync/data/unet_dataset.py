@@ -43,8 +43,7 @@ from tqdm import tqdm
 
 from latentsync.audio import chunk_indices, load_audio, mel_window
 from latentsync.constants import DEFAULT_SEED, MODEL_FPS, SAMPLE_RATE
-from latentsync.data.common import (ClipFrames, MelCache, draw_sample, error_line, find_videos, frames_to_pixels,
-                                    read_file_list, sample_rng)
+from latentsync.data.common import ClipFrames, MelCache, draw_sample, error_line, frames_to_pixels, sample_rng
 from latentsync.errors import UserError
 from latentsync.face.mask import load_mask
 from latentsync.io import load_torch_file
@@ -69,25 +68,6 @@ class UNetDataOptions:
     seed: int = DEFAULT_SEED
     cache_frames: bool = False  # keep decoded clips in memory (tiny data sets / overfit runs only)
     max_consecutive_failures: int = MAX_CONSECUTIVE_FAILURES
-
-
-# --------------------------------------------------------------------------------------------
-# which clips
-
-
-def training_clips(fileslist: str | None, data_dir: str | None) -> list[str]:
-    """Clips named by `data.train_fileslist` (one path per line; blank and '#' lines skipped;
-    relative paths are relative to the list's folder) or else the `.mp4` files directly in
-    `data.train_data_dir` (not recursive, as the reference). UserError naming the setting otherwise.
-    """
-    try:
-        if fileslist:
-            return read_file_list(fileslist)
-        if data_dir:
-            return find_videos(data_dir, recursive=False)
-    except UserError as e:
-        raise UserError(f"data.train_{'fileslist' if fileslist else 'data_dir'}: {e}") from None
-    raise UserError("no training data: set data.train_fileslist or data.train_data_dir")
 
 
 # --------------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 A trainer keeps its dataset, its step and its validation; everything a run does around them is
 here and is the same for both:
 
-    run = Run(KIND, config, settings, options, resume)  # folder, accelerator, step, history
+    run = Run(KIND, config, options, resume)            # folder, accelerator, step, history
     model = run.prepare(model, params)                     # AdamW + LR schedule, resumed state, RNGs
     run.begin()                                            # config.yaml, TensorBoard, progress bar
     while not run.done:
@@ -37,13 +37,12 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from matplotlib.figure import Figure
-from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from latentsync.errors import UserError
 from latentsync.io import atomic_output, atomic_save_torch, atomic_write_text
 from latentsync.models.checkpoint import load_into, read_state_dict
-from latentsync.training.config import RunSettings
+from latentsync.training.config import OptimizerSection, TrainingConfig, to_container, to_yaml
 from latentsync.training.options import TrainOptions
 from latentsync.training.state import (CHECKPOINTS_DIR, STATE_PATTERN, IndexBatches, checkpoint_path,
                                        find_state_file, new_run_dir, prune, read_training_state, rng_state, run_dir_of,
@@ -72,15 +71,16 @@ class RunKind:
 class History:
     """Numbers by step and phase ("train" every step, "val" at validations), kept as lists named
     `<phase>_<name>_list` (the reference SyncNet checkpoint's names); saved with every training
-    state so charts and checkpoints cover the whole run across resumes."""
+    state so charts and checkpoints cover the whole run across resumes. A number that could not be
+    measured (None, e.g. a failed validation) is kept as NaN: missing, not a score."""
 
     def __init__(self, lists: Mapping[str, Sequence] | None = None):
         self.lists = {key: list(values) for key, values in (lists or {}).items() if key.endswith("_list")}
 
-    def record(self, phase: str, step: int, **values: float) -> None:
+    def record(self, phase: str, step: int, **values: float | None) -> None:
         self.lists.setdefault(f"{phase}_step_list", []).append(int(step))
         for name, value in values.items():
-            self.lists.setdefault(f"{phase}_{name}_list", []).append(float(value))
+            self.lists.setdefault(f"{phase}_{name}_list", []).append(float("nan") if value is None else float(value))
 
     def series(self, phase: str, name: str) -> list:
         return self.lists.get(f"{phase}_{name}_list", [])
@@ -145,10 +145,10 @@ def make_accelerator(device_option: str | None, precision: str, project_dir: Pat
     return Accelerator(mixed_precision=precision, cpu=cpu, log_with="tensorboard", project_dir=str(project_dir))
 
 
-def lr_factor(settings: RunSettings, total_steps: int) -> Callable[[int], float]:
+def lr_factor(optimizer: OptimizerSection, total_steps: int) -> Callable[[int], float]:
     """The LR multiplier after `step` optimiser steps: a linear warm-up over optimizer.lr_warmup_steps,
     then constant, or for "cosine" half a cosine from 1 down to 0 at the last step."""
-    warmup, cosine = settings.lr_warmup_steps, settings.lr_scheduler == "cosine"
+    warmup, cosine = optimizer.lr_warmup_steps or 0, optimizer.lr_scheduler == "cosine"
 
     def factor(step: int) -> float:
         if step < warmup:
@@ -162,7 +162,8 @@ def lr_factor(settings: RunSettings, total_steps: int) -> Callable[[int], float]
 
 def save_chart(path: Path, history: History, title: str) -> Path | None:
     """One PNG with a panel per recorded name: the training curve and, where validation recorded the
-    same name, its points (matplotlib's Agg figure; temp name, then rename). None without data."""
+    same name, its points (matplotlib's Agg figure; temp name, then rename); missing (NaN) values
+    are left out. None without data."""
     names = list(dict.fromkeys(history.names("train") + history.names("val")))
     if not names:
         return None
@@ -173,8 +174,9 @@ def save_chart(path: Path, history: History, title: str) -> Path | None:
     for ax, name in zip(axes.flat, names):
         for phase, style in (("train", "-"), ("val", "o-")):
             values = history.series(phase, name)
-            if values:
-                ax.plot(history.series(phase, "step")[-len(values):], values, style, label=f"{phase} {name}")
+            points = [(s, v) for s, v in zip(history.series(phase, "step")[-len(values):], values) if math.isfinite(v)]
+            if points:
+                ax.plot(*zip(*points), style, label=f"{phase} {name}")
         ax.set_xlabel("Step")
         ax.set_ylabel(name)
         ax.legend()
@@ -191,18 +193,17 @@ class Run:
     """One training run: its folder, accelerator (device, precision, TensorBoard), step counter,
     history, optimiser and LR schedule, checkpoints and exact resume."""
 
-    def __init__(self, kind: RunKind, config: DictConfig, settings: RunSettings, options: TrainOptions,
-                 resume: Resume | None = None):
+    def __init__(self, kind: RunKind, config: TrainingConfig, options: TrainOptions, resume: Resume | None = None):
         if options.num_threads:
             torch.set_num_threads(int(options.num_threads))
-        self.kind, self.config, self.settings, self.resume = kind, config, settings, resume
+        self.kind, self.config, self.resume = kind, config, resume
         self.dir = resume.run_dir if resume else new_run_dir(config.data.train_output_dir, options.run_name)
-        self.accelerator = make_accelerator(options.device, options.mixed_precision or settings.mixed_precision,
+        self.accelerator = make_accelerator(options.device, options.mixed_precision or config.run.mixed_precision,
                                             self.dir)
         self.device, self.is_main = self.accelerator.device, self.accelerator.is_main_process
         self.rank, self.world_size = self.accelerator.process_index, self.accelerator.num_processes
         self.step = resume.step if resume else 0
-        self.max_steps = settings.max_train_steps
+        self.max_steps = config.run.max_train_steps
         self.history = History(resume.state["history"]) if resume else History()
         self.show_progress = options.show_progress
         self.model = self.optimizer = self.scheduler = self.progress = None
@@ -230,9 +231,9 @@ class Run:
         accelerate's wrapping; then the RNGs: restored, or seeded with run.seed + rank. Returns the
         wrapped model."""
         self.params = list(params)
-        lr, weight_decay = self.settings.lr * lr_scale, self.settings.weight_decay
-        optimizer = torch.optim.AdamW(self.params, lr=lr, weight_decay=weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(self.settings, self.max_steps))
+        settings = self.config.optimizer
+        optimizer = torch.optim.AdamW(self.params, lr=settings.lr * lr_scale, weight_decay=settings.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(settings, self.max_steps))
         if self.resume is not None:
             optimizer.load_state_dict(self.resume.state["optimizer"])
             self.scheduler.load_state_dict(self.resume.state["lr_scheduler"])
@@ -244,7 +245,7 @@ class Run:
             set_rng_state(self.resume.state["rng"])
             logger.info("resuming %s at step %d", self.dir, self.step)
         else:
-            seed = self.settings.seed + self.rank
+            seed = self.config.run.seed + self.rank
             random.seed(seed)
             np.random.seed(seed)
             torch.manual_seed(seed)
@@ -255,7 +256,7 @@ class Run:
         TensorBoard tracker (continuing after the resumed step) and the progress bar."""
         if self.is_main:
             self.dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.dir / "config.yaml", OmegaConf.to_yaml(self.config))
+            atomic_write_text(self.dir / "config.yaml", to_yaml(self.config))
             for name, source in (copies or {}).items():
                 with atomic_output(self.dir / name) as temp:
                     shutil.copyfile(source, temp)
@@ -281,7 +282,7 @@ class Run:
         """Clip the gradient norm, step the optimiser and the LR schedule (skipped, with a warning, for
         non-finite gradients when no fp16 scaler handles them), clear the gradients and count the
         step. Logs the LR and the norm to TensorBoard; returns the norm."""
-        norm = self.accelerator.clip_grad_norm_(self.params, self.settings.max_grad_norm)
+        norm = self.accelerator.clip_grad_norm_(self.params, self.config.optimizer.max_grad_norm)
         norm = float(norm) if norm is not None else float("nan")
         if self.accelerator.scaler is None and not math.isfinite(norm):
             logger.warning("step %d: non-finite gradients; optimiser step skipped", self.step + 1)
@@ -294,28 +295,31 @@ class Run:
         self.accelerator.log({"train/lr": self.scheduler.get_last_lr()[0], "train/grad_norm": norm}, step=self.step)
         return norm
 
-    def record(self, phase: str, **values: float) -> None:
-        """This step's numbers into the history and TensorBoard (`<phase>/<name>`)."""
+    def record(self, phase: str, **values: float | None) -> None:
+        """This step's numbers into the history and TensorBoard (`<phase>/<name>`); a None (not
+        measured) is kept as missing in the history and not logged."""
         self.history.record(phase, self.step, **values)
-        self.accelerator.log({f"{phase}/{name}": value for name, value in values.items()}, step=self.step)
-        if phase == "train" and "loss" in values:
+        measured = {name: value for name, value in values.items() if value is not None and math.isfinite(value)}
+        self.accelerator.log({f"{phase}/{name}": value for name, value in measured.items()}, step=self.step)
+        if phase == "train" and "loss" in measured:
             self.progress.set_postfix(loss=f"{values['loss']:.4f}")
         if phase == "val":
             self.validated = True
-            self.write(f"step {self.step}: " + ", ".join(f"val {k} {v:.4f}" for k, v in values.items()))
+            self.write(f"step {self.step}: " + ", ".join(
+                f"val {k} {v:.4f}" if k in measured else f"val {k} missing" for k, v in values.items()))
 
     def due(self, every: int) -> bool:
         """True every `every` steps and at the last step."""
         return self.step % every == 0 or self.step == self.max_steps
 
     def validation_due(self) -> bool:
-        return self.is_main and self.due(self.settings.validation_steps)
+        return self.is_main and self.due(self.config.run.validation_steps)
 
     def checkpoint_if_due(self) -> Path | None:
         """Every ckpt.save_ckpt_steps and at the last step: checkpoint, training state, pruning and the
         chart (the chart also after a validation in between). Returns the checkpoint written."""
         path = None
-        if self.due(self.settings.save_ckpt_steps):
+        if self.due(self.config.ckpt.save_ckpt_steps):
             self.accelerator.wait_for_everyone()
             if self.is_main:
                 path = self.save()
@@ -335,7 +339,7 @@ class Run:
         checkpoint = checkpoint_path(self.dir, self.step)
         atomic_save_torch({"state_dict": weights, "global_step": self.step, **extra}, checkpoint)
         atomic_save_torch(self.training_state(checkpoint.name), state_path(self.dir, self.step))
-        prune(checkpoint.parent, STATE_PATTERN, self.settings.keep_training_states)
+        prune(checkpoint.parent, STATE_PATTERN, self.config.ckpt.keep_training_states)
         return checkpoint
 
     def training_state(self, checkpoint_name: str) -> dict:
@@ -345,7 +349,7 @@ class Run:
                 "lr_scheduler": self.scheduler.state_dict(),
                 "scaler": scaler.state_dict() if scaler is not None else None,
                 "rng": rng_state(), "history": self.history.to_dict(),
-                "config": OmegaConf.to_container(self.config, resolve=True)}
+                "config": to_container(self.config)}
 
     def write(self, message: str) -> None:
         """A line above the progress bar (or to the log before it exists)."""

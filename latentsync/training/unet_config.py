@@ -1,81 +1,155 @@
-"""The UNet trainer's config: loading (with the default checkpoint paths) and every check a user can
-fail before any weights are loaded: resolution and frame count, `trainable_modules`, the SyncNet of
-the sync loss, and the files the run will read. Each failure is a one-line `UserError`.
+"""The UNet trainer's config: its sections (`UNetConfig`: the keys of `configs/unet/*.yaml` and the
+official configs, defaults for the checkpoint paths those do not name; an unknown key is an error)
+and every check a user can fail before any weights are loaded: resolution and frame count (at most
+the motion modules' positions, the UNet's `max_frames` that inference reads too), `trainable_modules`,
+the SyncNet of the sync loss, and the files the run will read. Each failure is a one-line `UserError`.
 """
 
+import copy
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, ClassVar, Dict, List, Optional
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, OmegaConf
 
 from latentsync.checkpoints import default_path
-from latentsync.constants import MODEL_FPS
-from latentsync.data.unet_dataset import training_clips
+from latentsync.constants import MODEL_FPS, SAMPLE_RATE
+from latentsync.data.syncnet_dataset import videos_from_config
 from latentsync.errors import UserError
 from latentsync.face.mask import resolve_mask
-from latentsync.models.unet import UNet3DConditionModel
-from latentsync.training.config import RunSettings, load_training_config
+from latentsync.models.unet import DEFAULT_MOTION_KWARGS, UNet3DConditionModel
+from latentsync.schedulers import DEFAULT_PREDICTION_TYPE
+from latentsync.training.config import (CkptSection, DataSection, OptimizerSection, RunSection, TrainingConfig,
+                                        load_training_config, signature_keys)
 from latentsync.training.options import TrainOptions
-from latentsync.training.syncnet_trainer import check_syncnet_input
+from latentsync.training.syncnet_config import check_syncnet_input
 from latentsync.training.unet_step import StepSettings
 
-MAX_MOTION_FRAMES = 24  # temporal_position_encoding_max_len of every config
 SUPPORTED_FEAT_LENGTH = [2, 2]
-REQUIRED_KEYS = ("data.num_frames", "data.resolution")
-DEFAULT_PATHS = {key: str(default_path(name)) for key, name in (  # files the official configs do not name
-    ("ckpt.vae_path", "vae"),
-    ("ckpt.whisper_path", "whisper"),
-    ("ckpt.syncnet_ckpt_path", "stable_syncnet"),
-    ("ckpt.videomae_path", "videomae"),
-    ("ckpt.vgg_path", "vgg16"),
-    ("ckpt.syncnet_v2_path", "syncnet_v2"),
-)}
+# keys of the official 1.0 configs' model section that the UNet does not take (diffusers ignores them)
+IGNORED_MODEL_KEYS = ("custom_audio_layer", "audio_condition_method", "unet_use_cross_frame_attention",
+                      "unet_use_temporal_attention")
 
 
-def load_config(config_path: str, options: TrainOptions) -> tuple[DictConfig, RunSettings]:
-    """The UNet YAML with overrides applied and its RunSettings; missing checkpoint paths get their defaults."""
-    config, settings = load_training_config(config_path, options.overrides, "data, ckpt, run, optimizer, model",
-                                            REQUIRED_KEYS, options.train_output_dir, options.max_train_steps)
-    for key, default in DEFAULT_PATHS.items():
-        if OmegaConf.select(config, key, default=None) is None:
-            OmegaConf.update(config, key, default)
-    return config, settings
+def default_file(name: str):
+    """A dataclass default: the checkpoint table's path of `name` (for files the official configs do not name)."""
+    return field(default_factory=lambda: str(default_path(name)))
 
 
-def check_config(config: DictConfig, config_path: str) -> list[str]:
+@dataclass
+class UNetData(DataSection):
+    num_frames: int = MISSING
+    resolution: int = MISSING
+    syncnet_config_path: Optional[str] = ""  # the SyncNet of the sync loss (run.use_syncnet)
+    audio_embeds_cache_dir: Optional[str] = ""  # default: <run>/audio_embeds
+    audio_mel_cache_dir: Optional[str] = ""
+    val_video_path: Optional[str] = ""  # validation video (with val_audio_path) every run.validation_steps
+    val_audio_path: Optional[str] = ""
+    mask_image_path: Optional[str] = ""  # default: the packaged mask.png
+    audio_sample_rate: int = SAMPLE_RATE
+    video_fps: float = MODEL_FPS
+    audio_feat_length: List[int] = field(default_factory=lambda: list(SUPPORTED_FEAT_LENGTH))
+    cache_frames: bool = False  # keep decoded clips in memory (tiny data sets only)
+    cache_latents: bool = False  # keep every frame's VAE posterior in memory (small data sets)
+    mask: Optional[str] = None  # ignored: the 1.0 configs' "fix_mask" (mask_image_path is read)
+
+
+@dataclass
+class UNetCkpt(CkptSection):
+    resume_ckpt_path: Optional[str] = ""  # initial UNet weights (stage 2: a stage-1 checkpoint)
+    vae_path: str = default_file("vae")
+    whisper_path: str = default_file("whisper")
+    syncnet_ckpt_path: str = default_file("stable_syncnet")  # frozen SyncNet of the sync loss
+    videomae_path: Optional[str] = default_file("videomae")  # TREPA extractor
+    videomae_model: Dict[str, Any] = field(default_factory=dict)  # empty = ViT-g/14; VisionTransformer3D sizes
+    vgg_path: Optional[str] = default_file("vgg16")  # LPIPS backbone
+    syncnet_v2_path: Optional[str] = default_file("syncnet_v2")  # validation sync confidence (skipped if absent)
+
+
+@dataclass
+class UNetRun(RunSection):
+    pixel_space_supervise: bool = False  # decode the one-step estimate for the pixel losses
+    use_syncnet: bool = False
+    recon_loss_weight: float = 0.0
+    sync_loss_weight: float = 0.0
+    perceptual_loss_weight: float = 0.0
+    trepa_loss_weight: float = 0.0
+    mask_loss_weight: float = 0.0  # extra weight of the generated region in the noise loss
+    prediction_type: Optional[str] = DEFAULT_PREDICTION_TYPE  # what the UNet outputs (epsilon, sample, v_prediction)
+    use_mixed_noise: bool = True
+    mixed_noise_alpha: float = 1.0
+    trainable_modules: List[str] = field(default_factory=list)  # name fragments; empty = every parameter
+    max_train_epochs: int = -1  # > 0: stop after this many epochs if that comes before max_train_steps
+    allow_random_aux_weights: bool = False  # missing VGG / VideoMAE files mean random weights (smoke runs only)
+    inference_steps: int = 20  # validation video
+    guidance_scale: float = 1.5  # validation video
+    face_backend: str = "mediapipe"  # validation video's face detector
+    enable_xformers_memory_efficient_attention: bool = False  # ignored (the 1.0 configs carry it)
+
+
+@dataclass
+class UNetOptimizer(OptimizerSection):
+    scale_lr: bool = False  # lr x samples per step (batch size x processes)
+
+
+@dataclass
+class UNetConfig(TrainingConfig):
+    data: UNetData = field(default_factory=UNetData)
+    ckpt: UNetCkpt = field(default_factory=UNetCkpt)
+    run: UNetRun = field(default_factory=UNetRun)
+    optimizer: UNetOptimizer = field(default_factory=UNetOptimizer)
+
+    MODEL_KEYS: ClassVar = {**signature_keys(UNet3DConditionModel), **dict.fromkeys(IGNORED_MODEL_KEYS),
+                            "motion_module_kwargs": dict.fromkeys(DEFAULT_MOTION_KWARGS)}
+
+    def check(self, path) -> None:
+        """The checks that need neither weights nor other files (see also `check_config`)."""
+        super().check(path)
+        data, run = self.data, self.run
+        if list(data.audio_feat_length) != SUPPORTED_FEAT_LENGTH:
+            raise UserError(f"{path}: data.audio_feat_length {list(data.audio_feat_length)} is not supported "
+                            f"(only {SUPPORTED_FEAT_LENGTH})")
+        if float(data.video_fps) != MODEL_FPS:
+            raise UserError(f"{path}: data.video_fps must be {MODEL_FPS} "
+                            f"(the audio chunks are built for {MODEL_FPS} fps)")
+        if run.use_syncnet and not run.pixel_space_supervise:
+            raise UserError(f"{path}: run.use_syncnet needs run.pixel_space_supervise: true "
+                            "(the sync loss scores decoded pixels)")
+
+
+def load_config(config_path: str, options: TrainOptions) -> UNetConfig:
+    """The UNet YAML with overrides applied, checked (the checks needing no files or weights)."""
+    return load_training_config(UNetConfig, config_path, options.overrides, options.train_output_dir,
+                                options.max_train_steps)
+
+
+def check_config(config: UNetConfig, config_path: str) -> list[str]:
     """Every check that needs no weights; returns the training clip paths. UserError on problems."""
     data, run = config.data, config.run
-    num_frames, res = int(data.num_frames), int(data.resolution)
-    model = OmegaConf.to_container(config.model, resolve=True)
-    factor = 8 * 2 ** max(len(model.get("block_out_channels", [])) - 1, 0)
+    num_frames, res = data.num_frames, data.resolution
+    factor = 8 * 2 ** max(len(config.model.get("block_out_channels", [])) - 1, 0)
     if res % factor:
         raise UserError(f"{config_path}: data.resolution {res} must be a multiple of {factor} "
                         "(8 x 2^(UNet levels - 1))")
-    if num_frames < 1 or (model.get("use_motion_module") and num_frames > MAX_MOTION_FRAMES):
-        raise UserError(f"{config_path}: data.num_frames {num_frames} must be between 1 and {MAX_MOTION_FRAMES}")
-    feat_length = list(data.get("audio_feat_length", SUPPORTED_FEAT_LENGTH))
-    if feat_length != SUPPORTED_FEAT_LENGTH:
-        raise UserError(f"{config_path}: data.audio_feat_length {feat_length} is not supported "
-                        f"(only {SUPPORTED_FEAT_LENGTH})")
-    if float(data.get("video_fps", MODEL_FPS)) != MODEL_FPS:
-        raise UserError(f"{config_path}: data.video_fps must be {MODEL_FPS} "
-                        f"(the audio chunks are built for {MODEL_FPS} fps)")
-    if run.get("use_syncnet") and not run.get("pixel_space_supervise"):
-        raise UserError(f"{config_path}: run.use_syncnet needs run.pixel_space_supervise: true "
-                        "(the sync loss scores decoded pixels)")
-    select_trainable(build_unet(model, config_path, device="meta"), list(run.get("trainable_modules") or []))
-    settings = StepSettings.from_config(config)
+    unet = build_unet(config.model, config_path, device="meta")
+    max_frames = unet.max_frames  # the motion modules' position count, as inference reads it
+    if num_frames < 1 or (max_frames is not None and num_frames > max_frames):
+        limit = f"between 1 and {max_frames} (the motion modules' positions)" if max_frames else "at least 1"
+        raise UserError(f"{config_path}: data.num_frames {num_frames} must be {limit}")
+    select_trainable(unet, list(run.trainable_modules))
+    settings = StepSettings.from_config(run)
     if settings.use_syncnet:
         check_syncnet_config(config, config_path)
     check_files(config, config_path, settings)
-    return training_clips(data.get("train_fileslist"), data.get("train_data_dir"))
+    return videos_from_config(data.train_fileslist, data.train_data_dir, required=True)
 
 
 def build_unet(model_section: dict, config_path: str, device="cpu") -> UNet3DConditionModel:
     """The UNet of a config's `model:` section (on the meta device for checks)."""
     try:
         with torch.device(device):
-            return UNet3DConditionModel.from_config(model_section)
+            return UNet3DConditionModel.from_config(copy.deepcopy(model_section))  # the config stays as read
     except (ValueError, TypeError, KeyError) as e:
         raise UserError(f"{config_path}: cannot build the UNet from the model section "
                         f"({str(e).splitlines()[0]})") from None
@@ -101,32 +175,32 @@ def select_trainable(unet: torch.nn.Module, patterns: list[str]) -> list[str]:
     return trainable
 
 
-def syncnet_settings(config: DictConfig, config_path: str) -> tuple[DictConfig, int, bool]:
-    """(SyncNet config, its input resolution, lower_half) from data.syncnet_config_path."""
-    path = Path(str(config.data.get("syncnet_config_path") or ""))
+def syncnet_settings(config: UNetConfig, config_path: str) -> tuple[dict, int, bool]:
+    """(SyncNet model section, its input resolution, lower_half) of data.syncnet_config_path."""
+    path = Path(config.data.syncnet_config_path or "")
     if not path.is_file():
         raise UserError(f"{config_path}: data.syncnet_config_path: {path}: SyncNet config not found")
     try:
-        sn_config = OmegaConf.load(path)
+        sn_config = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
     except Exception as e:  # YAML errors of several kinds
         raise UserError(f"{path}: not a readable SyncNet config ({str(e).splitlines()[0]})") from None
-    res = OmegaConf.select(sn_config, "data.resolution", default=None)
-    if res is None or "model" not in sn_config:
+    sn_data = sn_config.get("data") if isinstance(sn_config, dict) else None
+    if not isinstance(sn_data, dict) or sn_data.get("resolution") is None or "model" not in sn_config:
         raise UserError(f"{path}: SyncNet config needs data.resolution and a model section")
-    return sn_config, int(res), bool(OmegaConf.select(sn_config, "data.lower_half", default=True))
+    return sn_config, int(sn_data["resolution"]), bool(sn_data.get("lower_half", True))
 
 
-def check_syncnet_config(config: DictConfig, config_path: str) -> None:
+def check_syncnet_config(config: UNetConfig, config_path: str) -> None:
     """The SyncNet must take the generated frames: same number of frames, pixel space, and a UNet
     resolution that is the SyncNet's or an integer multiple of it (frames are downscaled, as the
     reference does 512 -> 256; upscaling or non-integer factors are refused); then its encoders
     must accept those shapes."""
     sn_config, sn_res, lower_half = syncnet_settings(config, config_path)
     sn_path = config.data.syncnet_config_path
-    res, num_frames = int(config.data.resolution), int(config.data.num_frames)
-    if OmegaConf.select(sn_config, "data.latent_space", default=False):
+    res, num_frames = config.data.resolution, config.data.num_frames
+    if sn_config["data"].get("latent_space", False):
         raise UserError(f"{sn_path}: a latent-space SyncNet is not supported for the sync loss; use a pixel one")
-    sn_frames = OmegaConf.select(sn_config, "data.num_frames", default=num_frames)
+    sn_frames = sn_config["data"].get("num_frames", num_frames)
     if int(sn_frames) != num_frames:
         raise UserError(f"{config_path}: data.num_frames {num_frames} does not match the SyncNet config "
                         f"{sn_path} (data.num_frames {sn_frames})")
@@ -134,13 +208,13 @@ def check_syncnet_config(config: DictConfig, config_path: str) -> None:
         raise UserError(f"{config_path}: data.resolution {res} does not match the SyncNet config {sn_path} "
                         f"(data.resolution {sn_res}): the UNet resolution must equal it or be an integer "
                         f"multiple of it (generated frames are downscaled for the sync loss)")
-    check_syncnet_input(sn_config.model, num_frames, sn_res, lower_half, sn_path)
+    check_syncnet_input(sn_config["model"], num_frames, sn_res, lower_half, sn_path)
 
 
-def check_files(config: DictConfig, config_path: str, settings: StepSettings) -> None:
+def check_files(config: UNetConfig, config_path: str, settings: StepSettings) -> None:
     """Every file the run will read exists (checkpoints, validation media)."""
     ckpt, data = config.ckpt, config.data
-    allow_random = bool(config.run.get("allow_random_aux_weights", False))
+    allow_random = config.run.allow_random_aux_weights
     needed = [("ckpt.whisper_path", ckpt.whisper_path), ("ckpt.vae_path", ckpt.vae_path)]
     if settings.use_syncnet:
         needed.append(("ckpt.syncnet_ckpt_path", ckpt.syncnet_ckpt_path))
@@ -148,13 +222,12 @@ def check_files(config: DictConfig, config_path: str, settings: StepSettings) ->
         needed.append(("ckpt.videomae_path", ckpt.videomae_path))
     if settings.weights["lpips"] > 0 and not allow_random:
         needed.append(("ckpt.vgg_path", ckpt.vgg_path))
-    if ckpt.get("resume_ckpt_path"):
+    if ckpt.resume_ckpt_path:
         needed.append(("ckpt.resume_ckpt_path", ckpt.resume_ckpt_path))
-    if data.get("val_video_path") or data.get("val_audio_path"):
-        needed += [("data.val_video_path", data.get("val_video_path") or ""),
-                   ("data.val_audio_path", data.get("val_audio_path") or "")]
+    if data.val_video_path or data.val_audio_path:
+        needed += [("data.val_video_path", data.val_video_path or ""), ("data.val_audio_path", data.val_audio_path or "")]
     for key, value in needed:
         hub_id = key == "ckpt.vae_path" and not Path(str(value)).is_absolute() and str(value).count("/") == 1
         if not value or not (Path(str(value)).exists() or hub_id):  # a VAE may be a hub id when online
             raise UserError(f"{config_path}: {key}: {value or '(empty)'}: not found")
-    resolve_mask(data.get("mask_image_path"), config_path)
+    resolve_mask(data.mask_image_path, config_path)

@@ -5,16 +5,17 @@ import logging
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 
 from latentsync.errors import UserError
+from latentsync.loading import load_vae
 from latentsync.losses.lpips_loss import make_lpips
 from latentsync.losses.trepa import TREPALoss
 from latentsync.losses.videomae import VisionTransformer3D, load_videomae
 from latentsync.models.checkpoint import (COMPUTED_BUFFER_SUFFIX, load_into, load_syncnet, read_state_dict,
                                           rename_v1_keys)
-from latentsync.training.pipeline_parts import load_vae, make_scheduler
-from latentsync.training.unet_config import syncnet_settings
+from latentsync.schedulers import make_scheduler
+from latentsync.training.core import History
+from latentsync.training.unet_config import UNetConfig, syncnet_settings
 from latentsync.training.unet_step import LatentCache, Models, StepSettings
 
 logger = logging.getLogger(__name__)
@@ -48,8 +49,9 @@ def sd15_dropped_keys(state_dict: dict, expected: dict) -> list[str]:
     return dropped
 
 
-def load_initial_weights(unet: torch.nn.Module, path: str) -> int:
-    """Load `ckpt.resume_ckpt_path` into the UNet; returns its global_step.
+def load_initial_weights(unet: torch.nn.Module, path: str) -> tuple[int, History]:
+    """Load `ckpt.resume_ckpt_path` into the UNet; returns its global_step and an empty history
+    (the same signature as the SyncNet trainer's: its official checkpoints carry a history).
 
     Strict, except: motion-module weights may be missing (stage 2 from a stage-1 file: they keep
     their identity initialisation), and SD-1.5 tensors of other shapes are dropped (see
@@ -73,22 +75,21 @@ def load_initial_weights(unet: torch.nn.Module, path: str) -> int:
     if dropped:
         logger.info("%s: dropped %d tensors whose shapes differ from the config (SD-1.5 rules): %s", file, len(dropped),
                     ", ".join(dropped[:LOGGED_KEYS]) + (" ..." if len(dropped) > LOGGED_KEYS else ""))
-    return checkpoint.global_step
+    return checkpoint.global_step, History()
 
 
-def build_models(config: DictConfig, unet: torch.nn.Module, device: torch.device, weight_dtype: torch.dtype,
+def build_models(config: UNetConfig, unet: torch.nn.Module, device: torch.device, weight_dtype: torch.dtype,
                  settings: StepSettings) -> Models:
     """The UNet (fp32, built by the caller) with the frozen VAE / SyncNet / LPIPS / VideoMAE on `device`."""
     run, ckpt = config.run, config.ckpt
-    checkpointing = bool(run.get("gradient_checkpointing", False))
-    allow_random = bool(run.get("allow_random_aux_weights", False))
+    checkpointing, allow_random = run.gradient_checkpointing, run.allow_random_aux_weights
     scheduler = make_scheduler()
     vae = load_vae(str(ckpt.vae_path), device, weight_dtype).requires_grad_(False)
     if checkpointing and settings.pixel_space_supervise:
         vae.enable_gradient_checkpointing()
     models = Models(unet=unet, vae=vae, alphas_cumprod=scheduler.alphas_cumprod.clone(),
                     num_train_timesteps=int(scheduler.config.num_train_timesteps))
-    if config.data.get("cache_latents", False):
+    if config.data.cache_latents:
         models.latent_cache = LatentCache(vae)
     if settings.use_syncnet:
         _, models.syncnet_resolution, models.syncnet_lower_half = syncnet_settings(config, "config")
@@ -114,11 +115,11 @@ def freeze(model: torch.nn.Module, checkpointing: bool) -> torch.nn.Module:
     return model
 
 
-def build_trepa(config: DictConfig, device, dtype, checkpointing: bool, allow_random: bool) -> TREPALoss:
+def build_trepa(config: UNetConfig, device, dtype, checkpointing: bool, allow_random: bool) -> TREPALoss:
     """TREPA loss on the frozen VideoMAE-v2 (ViT-g/14 unless ckpt.videomae_model gives other sizes)."""
-    options = OmegaConf.to_container(config.ckpt.get("videomae_model") or {}, resolve=True)
+    options = dict(config.ckpt.videomae_model or {})
     model = VisionTransformer3D(**options) if options else None
-    configured = str(config.ckpt.get("videomae_path") or "")
+    configured = str(config.ckpt.videomae_path or "")
     path = Path(configured)
     if (configured and path.is_file()) or not allow_random:
         extractor = load_videomae(path, device, dtype, model=model)
@@ -129,7 +130,7 @@ def build_trepa(config: DictConfig, device, dtype, checkpointing: bool, allow_ra
         logger.warning("ckpt.videomae_path %r not found: the TREPA extractor keeps RANDOM weights "
                        "(run.allow_random_aux_weights)", configured)
         extractor = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
-    if extractor.num_frames != int(config.data.num_frames):
+    if extractor.num_frames != config.data.num_frames:
         raise UserError(f"VideoMAE takes {extractor.num_frames} frames but data.num_frames is {config.data.num_frames}")
     extractor.gradient_checkpointing = checkpointing
     return TREPALoss(extractor)

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from omegaconf import DictConfig
 
 from latentsync.errors import UserError
 from latentsync.losses.lpips_loss import lower_half_lpips
@@ -55,21 +54,21 @@ class StepSettings:
     prediction_type: str = "epsilon"  # what the UNet outputs (latentsync/schedulers.py PREDICTION_TYPES)
 
     @classmethod
-    def from_config(cls, config: DictConfig) -> "StepSettings":
-        run = config.run
-        weights = {term: float(run.get(key, 0) or 0) for term, key in WEIGHT_KEYS.items()}
-        pixel = bool(run.get("pixel_space_supervise", False))
-        use_sync = bool(run.get("use_syncnet", False)) and pixel and weights["sync"] > 0
+    def from_config(cls, run) -> "StepSettings":
+        """The step settings of a UNet config's `run:` section (`UNetRun`)."""
+        weights = {term: float(getattr(run, key) or 0) for term, key in WEIGHT_KEYS.items()}
+        pixel = bool(run.pixel_space_supervise)
+        use_sync = bool(run.use_syncnet) and pixel and weights["sync"] > 0
         if not pixel:
             weights.update({term: 0.0 for term in PIXEL_TERMS})
         if not use_sync:
             weights["sync"] = 0.0
-        mask_weight = float(run.get("mask_loss_weight", 0.0) or 0.0)
+        mask_weight = float(run.mask_loss_weight or 0.0)
         if mask_weight < 0:
             raise UserError(f"config: run.mask_loss_weight must be >= 0 (got {mask_weight})")
-        prediction_type = check_prediction_type(run.get("prediction_type") or "epsilon", "config: run")
-        return cls(weights, pixel, use_sync, bool(run.get("use_mixed_noise", True)),
-                   float(run.get("mixed_noise_alpha", 1.0)), mask_weight, prediction_type)
+        prediction_type = check_prediction_type(run.prediction_type or "epsilon", "config: run")
+        return cls(weights, pixel, use_sync, bool(run.use_mixed_noise), float(run.mixed_noise_alpha), mask_weight,
+                   prediction_type)
 
     @property
     def active_terms(self) -> list[str]:

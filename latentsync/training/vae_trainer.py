@@ -25,17 +25,19 @@ the posterior samples of `latents.scale_samples` frames, as Stable Diffusion got
 with `latents.shift: true`, `shift_factor` = their mean (else null).
 """
 
+import copy
 import hashlib
 import math
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar, Optional
 
 import numpy as np
 import torch
 from diffusers import AutoencoderKL
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING
 from tqdm import tqdm
 
 from latentsync.constants import MODEL_FPS
@@ -44,82 +46,94 @@ from latentsync.data.syncnet_dataset import videos_from_config
 from latentsync.errors import UserError
 from latentsync.io import atomic_output
 from latentsync.models.vae import measure_latent_stats
-from latentsync.training.config import RunSettings, load_training_config
+from latentsync.training.config import DataSection, TrainingConfig, load_training_config, signature_keys
 from latentsync.training.core import Run, RunKind, find_resume
 from latentsync.training.options import TrainOptions
 from latentsync.training.state import CHECKPOINTS_DIR, step_generator
 from latentsync.video import count_frames, iter_frames
 
 KIND = RunKind("VAE", "latentsync-vae-training-state", "--config_path")
-REQUIRED_KEYS = ("data.resolution",)
 LATENT_CHANNELS = 4  # the UNet's input: noisy 4 + masked 4 + mask 1 + reference 4 channels
 DOWNSAMPLE = 8  # latents are 1/8 of the face size, as with SD's VAE (the UNet configs assume it)
 FRAME_BANK_VERSION = 1  # bump when the bank's content changes (invalidates cached banks)
 FRAMES_DIR, EXPORT_DIR, EXPORT_NAME = "frames", "vae", "vae-{step}"
 ENCODE_CHUNK = 16  # frames per forward pass when measuring or validating
-DEFAULTS = {"loss.l1_weight": 1.0, "loss.mse_weight": 0.0, "loss.kl_weight": 1e-6, "latents.scale_samples": 512,
-            "latents.shift": False, "data.frame_stride": 1, "data.num_val_frames": 64, "data.horizontal_flip": True,
-            "data.crop_size": 0}
 CLIP_ERRORS = (OSError, ValueError, RuntimeError, IndexError, EOFError)
 
 
-@dataclass(frozen=True)
+@dataclass
+class VAEData(DataSection):
+    resolution: int = MISSING  # faces are resized to res x res (a multiple of 8)
+    val_fileslist: Optional[str] = ""  # optional held-out clips for the validation PSNR (else training frames)
+    val_data_dir: Optional[str] = ""
+    frame_cache_dir: Optional[str] = ""  # where the decoded frame bank is kept (default: <run>/frames)
+    frame_stride: int = 1  # every Nth frame of each clip
+    horizontal_flip: bool = True
+    crop_size: int = 0  # > 0: random crop_size squares (a multiple of 8); 0: whole faces
+    num_val_frames: int = 64
+
+
+@dataclass
 class LossWeights:
-    l1: float
-    mse: float
-    kl: float
+    l1_weight: float = 1.0
+    mse_weight: float = 0.0
+    kl_weight: float = 1e-6  # per latent element
 
 
-# --------------------------------------------------------------------------------------------
-# config
+@dataclass
+class LatentStats:
+    scale_samples: int = 512  # frames encoded to measure scaling_factor
+    shift: bool = False  # true: also store shift_factor = latent mean (else null, as SD's VAE)
 
 
-def load_config(config_path: str, options: TrainOptions) -> tuple[DictConfig, RunSettings]:
+@dataclass
+class VAEConfig(TrainingConfig):
+    data: VAEData = field(default_factory=VAEData)
+    loss: LossWeights = field(default_factory=LossWeights)
+    latents: LatentStats = field(default_factory=LatentStats)
+
+    MODEL_KEYS: ClassVar = signature_keys(AutoencoderKL)
+
+    def check(self, path) -> None:
+        super().check(path)
+        data, loss = self.data, self.loss
+        res, crop = data.resolution, data.crop_size
+        if res < DOWNSAMPLE or res % DOWNSAMPLE:
+            raise UserError(f"{path}: data.resolution {res!r} must be a positive multiple of {DOWNSAMPLE}")
+        self.model["sample_size"] = res
+        if crop < 0 or crop % DOWNSAMPLE or crop > res:
+            raise UserError(f"{path}: data.crop_size {crop!r} must be 0 (whole faces) or a multiple of "
+                            f"{DOWNSAMPLE} up to data.resolution {res}")
+        for key, value in (("data.frame_stride", data.frame_stride), ("data.num_val_frames", data.num_val_frames),
+                           ("latents.scale_samples", self.latents.scale_samples)):
+            if value < 1:
+                raise UserError(f"{path}: {key} must be at least 1 (got {value})")
+        if min(loss.l1_weight, loss.mse_weight, loss.kl_weight) < 0 or loss.l1_weight + loss.mse_weight <= 0:
+            raise UserError(f"{path}: loss weights must be >= 0 with loss.l1_weight or loss.mse_weight > 0 "
+                            f"(got {loss})")
+        check_model(self, path)
+
+
+def load_config(config_path: str, options: TrainOptions) -> VAEConfig:
     """The VAE YAML with overrides and defaults applied, checked; UserError naming the file otherwise."""
-    config, settings = load_training_config(config_path, options.overrides, "model, data, loss, latents, ckpt, "
-                                            "optimizer, run", REQUIRED_KEYS, options.train_output_dir,
-                                            options.max_train_steps)
-    for key, default in DEFAULTS.items():
-        if OmegaConf.select(config, key, default=None) is None:
-            OmegaConf.update(config, key, default, force_add=True)
-    res = config.data.resolution
-    if not isinstance(res, int) or res < DOWNSAMPLE or res % DOWNSAMPLE:
-        raise UserError(f"{config_path}: data.resolution {res!r} must be a positive multiple of {DOWNSAMPLE}")
-    config.model.sample_size = res
-    crop = config.data.crop_size
-    if not isinstance(crop, int) or crop < 0 or crop % DOWNSAMPLE or crop > res:
-        raise UserError(f"{config_path}: data.crop_size {crop!r} must be 0 (whole faces) or a multiple of "
-                        f"{DOWNSAMPLE} up to data.resolution {res}")
-    for key in ("data.frame_stride", "data.num_val_frames", "latents.scale_samples"):
-        if int(OmegaConf.select(config, key)) < 1:
-            raise UserError(f"{config_path}: {key} must be at least 1 (got {OmegaConf.select(config, key)})")
-    weights = loss_weights(config)
-    if min(weights.l1, weights.mse, weights.kl) < 0 or weights.l1 + weights.mse <= 0:
-        raise UserError(f"{config_path}: loss weights must be >= 0 with loss.l1_weight or loss.mse_weight > 0 "
-                        f"(got {weights})")
-    check_model(config, config_path)
-    return config, settings
+    return load_training_config(VAEConfig, config_path, options.overrides, options.train_output_dir,
+                                options.max_train_steps)
 
 
-def loss_weights(config: DictConfig) -> LossWeights:
-    loss = config.loss
-    return LossWeights(float(loss.l1_weight), float(loss.mse_weight), float(loss.kl_weight))
-
-
-def build_vae(config: DictConfig, config_path, device="cpu") -> AutoencoderKL:
+def build_vae(config: VAEConfig, config_path, device="cpu") -> AutoencoderKL:
     """The AutoencoderKL of the config's `model:` section (on the meta device for checks)."""
     try:
         with torch.device(device):
-            return AutoencoderKL.from_config(OmegaConf.to_container(config.model, resolve=True))
+            return AutoencoderKL.from_config(copy.deepcopy(config.model))
     except (ValueError, TypeError, KeyError, AttributeError) as e:
         raise UserError(f"{config_path}: cannot build the VAE from the model section "
                         f"({str(e).splitlines()[0]})") from None
 
 
-def check_model(config: DictConfig, config_path) -> None:
+def check_model(config: VAEConfig, config_path) -> None:
     """The VAE must turn res x res faces into 4-channel latents of res/8 x res/8 (a meta-device
     forward pass: no memory, no weights)."""
-    res = int(config.data.resolution)
+    res = config.data.resolution
     vae = build_vae(config, config_path, device="meta")
     try:
         with torch.device("meta"):
@@ -133,18 +147,11 @@ def check_model(config: DictConfig, config_path) -> None:
                         f"{int(math.log2(DOWNSAMPLE)) + 1} blocks, i.e. downsampling by {DOWNSAMPLE})")
 
 
-def clip_lists(config: DictConfig) -> tuple[list[str], list[str] | None]:
+def clip_lists(config: VAEConfig) -> tuple[list[str], list[str] | None]:
     """Training clips (required) and validation clips (optional); UserError naming the setting."""
-    lists = []
-    for what in ("train", "val"):
-        fileslist, data_dir = config.data.get(f"{what}_fileslist"), config.data.get(f"{what}_data_dir")
-        try:
-            lists.append(videos_from_config(fileslist, data_dir))
-        except UserError as e:
-            raise UserError(f"data.{what}_{'fileslist' if fileslist else 'data_dir'}: {e}") from None
-    if lists[0] is None:
-        raise UserError("no training data: set data.train_fileslist or data.train_data_dir")
-    return lists[0], lists[1]
+    data = config.data
+    return (videos_from_config(data.train_fileslist, data.train_data_dir, required=True),
+            videos_from_config(data.val_fileslist, data.val_data_dir, "val"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -264,7 +271,7 @@ def training_step(vae: AutoencoderKL, pixels: torch.Tensor, weights: LossWeights
     error = recon.float() - pixels.float()
     l1, mse = error.abs().mean(), error.square().mean()
     kl = posterior.kl().float().mean() / latents[0].numel()
-    loss = weights.l1 * l1 + weights.mse * mse + weights.kl * kl
+    loss = weights.l1_weight * l1 + weights.mse_weight * mse + weights.kl_weight * kl
     return loss, {"l1": l1.detach(), "mse": mse.detach(), "kl": kl.detach(), "psnr": psnr(mse.detach())}
 
 
@@ -296,11 +303,11 @@ def save_folder(vae: AutoencoderKL, folder: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def export(vae: AutoencoderKL, run: Run, bank: np.ndarray, config: DictConfig) -> tuple[Path, float, float | None]:
+def export(vae: AutoencoderKL, run: Run, bank: np.ndarray, config: VAEConfig) -> tuple[Path, float, float | None]:
     """Measure the latent scale (and shift) on the training frames, write them into the VAE's
     config and save it as `checkpoints/vae-<step>/` and `<run>/vae/`. Returns (folder, scale, shift)."""
-    indices = spread(bank, int(config.latents.scale_samples))
-    generator = torch.Generator(device=vae.device).manual_seed(int(config.run.seed))
+    indices = spread(bank, config.latents.scale_samples)
+    generator = torch.Generator(device=vae.device).manual_seed(config.run.seed)
     was_training = vae.training
     vae.eval()
     mean, std = measure_latent_stats(vae, chunks(bank, indices), generator)
@@ -320,32 +327,33 @@ def export(vae: AutoencoderKL, run: Run, bank: np.ndarray, config: DictConfig) -
 def train(options: TrainOptions) -> Path:
     """Train (or resume) a VAE run; returns the run folder (the VAE to use is `<run>/vae/`)."""
     resume, config_path = find_resume(options, KIND)
-    config, settings = load_config(config_path, options)
+    config = load_config(config_path, options)
     train_clips, val_clips = clip_lists(config)  # before any folder is made: bad lists fail first
-    run = Run(KIND, config, settings, options, resume)
+    run = Run(KIND, config, options, resume)
     if run.world_size > 1:
         raise UserError("scripts.train_vae trains in one process (the VAE is small); run it without accelerate launch")
-    data, weights = config.data, loss_weights(config)
-    res, stride = int(data.resolution), int(data.frame_stride)
-    cache = Path(data.get("frame_cache_dir") or run.dir / FRAMES_DIR)
+    data, seed = config.data, config.run.seed
+    res, stride = data.resolution, data.frame_stride
+    cache = Path(data.frame_cache_dir or run.dir / FRAMES_DIR)
     bank = frame_bank(train_clips, res, stride, cache, options.show_progress)
     val_bank = frame_bank(val_clips, res, stride, cache, options.show_progress) if val_clips else bank
-    val_frames = to_pixels(val_bank[spread(val_bank, int(data.num_val_frames))])
+    val_frames = to_pixels(val_bank[spread(val_bank, data.num_val_frames)])
 
-    torch.manual_seed(settings.seed)  # the same initial weights every time
+    torch.manual_seed(seed)  # the same initial weights every time
     vae = build_vae(config, config_path)
-    if settings.gradient_checkpointing:
+    if config.run.gradient_checkpointing:
         vae.enable_gradient_checkpointing()
     run.load_resumed_weights(vae)
     vae = run.prepare(vae.train(), vae.parameters())
     run.begin(f"{len(train_clips)} training clips ({len(bank)} frames at {res} px), "
               f"{len(val_frames)} validation frames ({'validation clips' if val_clips else 'training frames'})")
 
-    dataset = FaceFrames(bank, settings.seed, bool(data.horizontal_flip), int(data.crop_size))
-    batches = run.batches(dataset, settings.batch_size, num_workers=int(data.get("num_workers", 0)))
+    dataset = FaceFrames(bank, seed, data.horizontal_flip, data.crop_size)
+    batches = run.batches(dataset, data.batch_size, num_workers=data.num_workers)
     while not run.done:
-        generator = step_generator(run.device, "vae-step", settings.seed, run.rank, run.step)
-        loss, terms = training_step(vae, next(batches).to(run.device), weights, generator, run.accelerator.autocast())
+        generator = step_generator(run.device, "vae-step", seed, run.rank, run.step)
+        loss, terms = training_step(vae, next(batches).to(run.device), config.loss, generator,
+                                    run.accelerator.autocast())
         run.accelerator.backward(loss)
         run.optimizer_step()
         run.record("train", loss=run.mean(loss), **{name: run.mean(value) for name, value in terms.items()})
