@@ -55,6 +55,7 @@ def write_typo(tmp_path, kind, section, wrong):
     ("unet", "run", "sync_los_weight", "run.sync_loss_weight"),
     ("unet", "model", "use_motion_modul", "model.use_motion_module"),
     ("unet", "model.motion_module_kwargs", "num_attention_head", "model.motion_module_kwargs.num_attention_heads"),
+    ("unet", "ckpt.videomae_model", "embed_dims", "ckpt.videomae_model.embed_dim"),
     ("syncnet", "data", "num_val_sample", "data.num_val_samples"),
     ("syncnet", "model.visual_encoder", "attn_block", "model.visual_encoder.attn_blocks"),
     ("syncnet", "optimizer", "lr_sheduler", "optimizer.lr_scheduler"),

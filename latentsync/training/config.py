@@ -12,8 +12,8 @@ here, which hold the settings every run has under the same keys:
 
 `load_training_config` merges the YAML and then each `key=value` override into the sections
 (`OmegaConf.structured`): a key no section declares is a one-line UserError naming the file or the
-override and the nearest valid key, raised before any model is built. The `model:` section is
-checked against the keys its network's class accepts (`MODEL_KEYS` of a config class). Renamed
+override and the nearest valid key, raised before any model is built. The free-form mappings (the
+`model:` section, ...) are checked against the keys their class accepts (`KEY_SPECS` of a config class). Renamed
 keys (RENAMED_KEYS) still work, with a warning. The result is the config dataclass itself: the one
 settings object a trainer passes down.
 """
@@ -88,7 +88,8 @@ class TrainingConfig:
     run: RunSection = field(default_factory=RunSection)
     optimizer: OptimizerSection = field(default_factory=OptimizerSection)
 
-    MODEL_KEYS: ClassVar[KeySpec | None] = None  # None: the model section is not checked here
+    # the valid keys of free-form mappings (e.g. "model": its network's constructor arguments); unlisted: not checked
+    KEY_SPECS: ClassVar[dict[str, KeySpec]] = {}
 
     def check(self, path) -> None:
         """Fill the "unset means default" settings, then UserError naming the file and key for a value
@@ -176,8 +177,10 @@ def parse_override(item: str, source: str) -> DictConfig:
 def merge_checked(config: DictConfig, update: DictConfig, schema: type[TrainingConfig], source: str) -> DictConfig:
     """`update` merged into the structured `config`; UserError naming `source` for an unknown key
     (with the nearest valid one) or a value of the wrong type."""
-    if schema.MODEL_KEYS is not None and isinstance(update.get("model"), DictConfig):
-        check_keys(OmegaConf.to_container(update.model), schema.MODEL_KEYS, "model", source)
+    for key, spec in schema.KEY_SPECS.items():
+        mapping = OmegaConf.select(update, key, default=None)
+        if isinstance(mapping, DictConfig):
+            check_keys(OmegaConf.to_container(mapping), spec, key, source)
     try:
         return OmegaConf.merge(config, update)
     except ConfigKeyError as e:

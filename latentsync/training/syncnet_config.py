@@ -53,7 +53,8 @@ class SyncNetConfig(TrainingConfig):
     ckpt: SyncNetCkpt = field(default_factory=SyncNetCkpt)
     run: SyncNetRun = field(default_factory=SyncNetRun)
 
-    MODEL_KEYS: ClassVar = {"audio_encoder": dict.fromkeys(ENCODER_KEYS), "visual_encoder": dict.fromkeys(ENCODER_KEYS)}
+    KEY_SPECS: ClassVar = {"model": {"audio_encoder": dict.fromkeys(ENCODER_KEYS),
+                                     "visual_encoder": dict.fromkeys(ENCODER_KEYS)}}
 
     def check(self, path) -> None:
         super().check(path)

@@ -18,6 +18,7 @@ from latentsync.constants import MODEL_FPS, SAMPLE_RATE
 from latentsync.data.syncnet_dataset import videos_from_config
 from latentsync.errors import UserError
 from latentsync.face.mask import resolve_mask
+from latentsync.losses.videomae import VisionTransformer3D
 from latentsync.models.unet import DEFAULT_MOTION_KWARGS, UNet3DConditionModel
 from latentsync.schedulers import DEFAULT_PREDICTION_TYPE
 from latentsync.training.config import (CkptSection, DataSection, OptimizerSection, RunSection, TrainingConfig,
@@ -100,8 +101,10 @@ class UNetConfig(TrainingConfig):
     run: UNetRun = field(default_factory=UNetRun)
     optimizer: UNetOptimizer = field(default_factory=UNetOptimizer)
 
-    MODEL_KEYS: ClassVar = {**signature_keys(UNet3DConditionModel), **dict.fromkeys(IGNORED_MODEL_KEYS),
-                            "motion_module_kwargs": dict.fromkeys(DEFAULT_MOTION_KWARGS)}
+    KEY_SPECS: ClassVar = {
+        "model": {**signature_keys(UNet3DConditionModel), **dict.fromkeys(IGNORED_MODEL_KEYS),
+                  "motion_module_kwargs": dict.fromkeys(DEFAULT_MOTION_KWARGS)},
+        "ckpt.videomae_model": signature_keys(VisionTransformer3D)}
 
     def check(self, path) -> None:
         """The checks that need neither weights nor other files (see also `check_config`)."""

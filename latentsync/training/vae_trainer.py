@@ -92,7 +92,7 @@ class VAEConfig(TrainingConfig):
     loss: LossWeights = field(default_factory=LossWeights)
     latents: LatentStats = field(default_factory=LatentStats)
 
-    MODEL_KEYS: ClassVar = signature_keys(AutoencoderKL)
+    KEY_SPECS: ClassVar = {"model": signature_keys(AutoencoderKL)}
 
     def check(self, path) -> None:
         super().check(path)
