@@ -82,6 +82,15 @@ def test_a_mistyped_override_names_the_override_and_the_nearest_key(kind, overri
     assert str(error.value) == f"{path}: override {override}: unknown key {key}; did you mean {nearest}?"
 
 
+def test_a_typo_in_the_sync_loss_syncnet_config_names_that_file(tmp_path):
+    syncnet = write_typo(tmp_path, "syncnet", "data", "lower_halve")
+    path = REPO / "configs/unet/stage2.yaml"
+    config = load_training_config(UNetConfig, path, [f"data.syncnet_config_path={syncnet}"])
+    with pytest.raises(UserError) as error:
+        check_config(config, str(path))
+    assert str(error.value) == f"{syncnet}: unknown key data.lower_halve; did you mean data.lower_half?"
+
+
 def test_a_value_of_the_wrong_type_names_the_key(tmp_path):
     with pytest.raises(UserError, match=r"override data.batch_size=many: data.batch_size: Value 'many'"):
         load_training_config(UNetConfig, REPO / "configs/unet/stage2.yaml", ["data.batch_size=many"])

@@ -22,9 +22,9 @@ from latentsync.losses.videomae import VisionTransformer3D
 from latentsync.models.unet import DEFAULT_MOTION_KWARGS, UNet3DConditionModel
 from latentsync.schedulers import DEFAULT_PREDICTION_TYPE
 from latentsync.training.config import (CkptSection, DataSection, OptimizerSection, RunSection, TrainingConfig,
-                                        load_training_config, signature_keys)
+                                        load_training_config, read_config, signature_keys)
 from latentsync.training.options import TrainOptions
-from latentsync.training.syncnet_config import check_syncnet_input
+from latentsync.training.syncnet_config import SyncNetConfig, check_syncnet_input
 from latentsync.training.unet_step import StepSettings
 
 SUPPORTED_FEAT_LENGTH = [2, 2]
@@ -179,18 +179,22 @@ def select_trainable(unet: torch.nn.Module, patterns: list[str]) -> list[str]:
 
 
 def syncnet_settings(config: UNetConfig, config_path: str) -> tuple[dict, int, bool]:
-    """(SyncNet model section, its input resolution, lower_half) of data.syncnet_config_path."""
+    """(SyncNet model section, its input resolution, lower_half) of data.syncnet_config_path, read
+    with the SyncNet trainer's sections (an unknown key there is named like one here)."""
     path = Path(config.data.syncnet_config_path or "")
     if not path.is_file():
         raise UserError(f"{config_path}: data.syncnet_config_path: {path}: SyncNet config not found")
-    try:
-        sn_config = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-    except Exception as e:  # YAML errors of several kinds
-        raise UserError(f"{path}: not a readable SyncNet config ({str(e).splitlines()[0]})") from None
-    sn_data = sn_config.get("data") if isinstance(sn_config, dict) else None
-    if not isinstance(sn_data, dict) or sn_data.get("resolution") is None or "model" not in sn_config:
+    sn_config = read_config(SyncNetConfig, path)
+    if OmegaConf.is_missing(sn_config, "model") or OmegaConf.is_missing(sn_config.data, "resolution"):
         raise UserError(f"{path}: SyncNet config needs data.resolution and a model section")
-    return sn_config, int(sn_data["resolution"]), bool(sn_data.get("lower_half", True))
+    if sn_config.data.latent_space:
+        raise UserError(f"{path}: a latent-space SyncNet is not supported for the sync loss; use a pixel one")
+    sn_frames = OmegaConf.select(sn_config, "data.num_frames", default=config.data.num_frames)
+    if int(sn_frames) != config.data.num_frames:
+        raise UserError(f"{config_path}: data.num_frames {config.data.num_frames} does not match the SyncNet config "
+                        f"{path} (data.num_frames {sn_frames})")
+    lower_half = OmegaConf.select(sn_config, "data.lower_half", default=True)
+    return OmegaConf.to_container(sn_config.model, resolve=True), int(sn_config.data.resolution), bool(lower_half)
 
 
 def check_syncnet_config(config: UNetConfig, config_path: str) -> None:
@@ -198,20 +202,14 @@ def check_syncnet_config(config: UNetConfig, config_path: str) -> None:
     resolution that is the SyncNet's or an integer multiple of it (frames are downscaled, as the
     reference does 512 -> 256; upscaling or non-integer factors are refused); then its encoders
     must accept those shapes."""
-    sn_config, sn_res, lower_half = syncnet_settings(config, config_path)
+    sn_model, sn_res, lower_half = syncnet_settings(config, config_path)
     sn_path = config.data.syncnet_config_path
     res, num_frames = config.data.resolution, config.data.num_frames
-    if sn_config["data"].get("latent_space", False):
-        raise UserError(f"{sn_path}: a latent-space SyncNet is not supported for the sync loss; use a pixel one")
-    sn_frames = sn_config["data"].get("num_frames", num_frames)
-    if int(sn_frames) != num_frames:
-        raise UserError(f"{config_path}: data.num_frames {num_frames} does not match the SyncNet config "
-                        f"{sn_path} (data.num_frames {sn_frames})")
     if res < sn_res or res % sn_res:
         raise UserError(f"{config_path}: data.resolution {res} does not match the SyncNet config {sn_path} "
                         f"(data.resolution {sn_res}): the UNet resolution must equal it or be an integer "
                         f"multiple of it (generated frames are downscaled for the sync loss)")
-    check_syncnet_input(sn_config["model"], num_frames, sn_res, lower_half, sn_path)
+    check_syncnet_input(sn_model, num_frames, sn_res, lower_half, sn_path)
 
 
 def check_files(config: UNetConfig, config_path: str, settings: StepSettings) -> None:
