@@ -21,7 +21,8 @@ from latentsync.data.common import resized_uint8
 from latentsync.models.vae import SD_SCALING_FACTOR, latent_scale_shift, measure_latent_stats
 from latentsync.training.options import TrainOptions
 from latentsync.training.state import read_torch_dict
-from latentsync.training.vae_trainer import FaceFrames, build_vae, evaluate, train
+from latentsync.training.config import load_training_config
+from latentsync.training.vae_trainer import FaceFrames, VAEConfig, build_vae, evaluate, train
 from latentsync.video import iter_frames
 from scripts import make_synthetic_corpus, train_vae
 
@@ -86,7 +87,7 @@ def runs(corpus, tmp_path_factory):
 
 
 def test_training_lowers_the_reconstruction_error(runs, corpus):
-    config = OmegaConf.load(runs["config"])
+    config = load_training_config(VAEConfig, runs["config"])  # the initial weights, as the trainer builds them
     torch.manual_seed(config.run.seed)
     before = evaluate(build_vae(config, runs["config"]), pixels(clip_frames(corpus)))
     after = evaluate(AutoencoderKL.from_pretrained(runs["full"] / "vae"), pixels(clip_frames(corpus)))
