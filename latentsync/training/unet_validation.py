@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 import torch
+
 from latentsync.face.detectors import make_face_detector
 from latentsync.face.mask import resolve_mask
 from latentsync.pipelines.lipsync_pipeline import LipsyncPipeline
