@@ -14,13 +14,15 @@ import pytest
 import soundfile
 
 from latentsync import video
+from latentsync.constants import MODEL_FPS
 from latentsync.errors import ExternalToolError, UserError
+from latentsync.io import ffmpeg_exe
 
 from conftest import MEDIA, need
 
 DEMO1 = MEDIA / "demo1_video.mp4"
 DEMO2 = MEDIA / "demo2_video.mp4"
-FFMPEG = video.ffmpeg_exe()
+FFMPEG = ffmpeg_exe()
 LEVEL_STEP = 4  # index clips: frame i is a flat gray of level i * LEVEL_STEP
 
 
@@ -43,7 +45,7 @@ def ffmpeg_rgb(path: Path, width: int, height: int, *filters, frames: int = 0) -
     return np.frombuffer(raw, np.uint8).reshape(-1, height, width, 3)
 
 
-def all_frames(path, fps=video.DEFAULT_FPS, chunk_size=video.DEFAULT_CHUNK_SIZE) -> np.ndarray:
+def all_frames(path, fps=MODEL_FPS, chunk_size=video.DEFAULT_CHUNK_SIZE) -> np.ndarray:
     return np.concatenate(list(video.iter_frames(path, fps=fps, chunk_size=chunk_size)))
 
 
