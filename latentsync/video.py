@@ -52,6 +52,20 @@ DEFAULT_CHUNK_SIZE = 16  # frames per yielded chunk (one UNet segment)
 COLOR_SPACE = "bt709"  # written videos are converted with and tagged as BT.709 (HD standard)
 AUDIO_BITRATE = "192k"  # AAC bitrate for muxed output audio
 FPS_MAX_DENOMINATOR = 1001000  # float fps -> exact fraction (29.97, 30000/1001, 12.5 ...)
+# names that used to be re-exported here: they still resolve, with a DeprecationWarning, until
+# the last importers take them from their own module
+MOVED_NAMES = {"ffmpeg_exe": "latentsync.io"}
+
+
+def __getattr__(name: str):
+    if name in MOVED_NAMES:
+        import importlib
+        import warnings
+
+        warnings.warn(f"latentsync.video.{name} is deprecated: import it from {MOVED_NAMES[name]}",
+                      DeprecationWarning, stacklevel=2)
+        return getattr(importlib.import_module(MOVED_NAMES[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass
