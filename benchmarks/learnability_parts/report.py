@@ -16,7 +16,7 @@ LABELS = {"dub": "dub (model, new speech)", "input": "control: input video uncha
           "truth": "truth rendering of the new sentence"}
 METRICS = (("mouth_correlation", "mouth-opening corr."), ("lse_c", "LSE-C"), ("lse_d", "LSE-D"),
            ("offset", "AV offset"), ("mouth_ssim", "mouth SSIM"), ("mouth_psnr", "mouth PSNR dB"))
-# full-run targets of issue 10 and the --quick assertions
+# the full run's targets and the --quick run's (docs/benchmarks/learnability.md; tests/test_learnability.py imports these)
 FULL_TARGETS = dict(syncnet_heldout_accuracy=0.90, dub_mouth_correlation=0.7, control_max_correlation=0.2,
                     lse_c_ratio=0.8, minutes=60.0)
 QUICK_TARGETS = dict(syncnet_heldout_accuracy=0.75, correlation_margin=0.3, minutes=8.0)
