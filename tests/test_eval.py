@@ -432,18 +432,24 @@ def tiny_i3d_path(tmp_path_factory):
     return path
 
 
+def clip_folders(root: Path, other: str, count: int, frames: int, change, seed: int) -> tuple[Path, Path]:
+    """`root/real` with `count` moving-square clips of `frames` frames and `root/<other>` with
+    `change(clip, rng)` of each, under the same file names."""
+    real, changed = root / "real", root / other
+    real.mkdir()
+    changed.mkdir()
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        clip = moving_square_clip(frames, 64, seed=i)
+        write_video(real / f"clip{i}.mp4", clip)
+        write_video(changed / f"clip{i}.mp4", change(clip, rng))
+    return real, changed
+
+
 @pytest.fixture(scope="module")
 def fvd_folders(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fvd")
-    real, shuffled = root / "real", root / "shuffled"
-    real.mkdir()
-    shuffled.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(4):
-        clip = moving_square_clip(40, 64, seed=i)
-        write_video(real / f"clip{i}.mp4", clip)
-        write_video(shuffled / f"clip{i}.mp4", clip[rng.permutation(len(clip))])
-    return real, shuffled
+    return clip_folders(tmp_path_factory.mktemp("fvd"), "shuffled", 4, 40,
+                        lambda clip, rng: clip[rng.permutation(len(clip))], seed=0)
 
 
 def test_fvd_zero_against_itself_and_larger_for_shuffled_frames(tiny_i3d_path, fvd_folders):
@@ -546,15 +552,8 @@ def test_inception_weights_missing_is_a_user_error(tmp_path):
 def test_ssim_fid_folders_and_cli(tmp_path, monkeypatch, capsys):
     from scripts import eval_ssim_fid
 
-    real, fake = tmp_path / "real", tmp_path / "fake"
-    real.mkdir()
-    fake.mkdir()
-    rng = np.random.default_rng(3)
-    for i in range(2):
-        clip = moving_square_clip(8, 64, seed=i)
-        write_video(real / f"v{i}.mp4", clip)
-        noisy = np.clip(clip + rng.normal(0, 25, clip.shape), 0, 255).astype(np.uint8)
-        write_video(fake / f"v{i}.mp4", noisy)
+    real, fake = clip_folders(tmp_path, "fake", 2, 8, seed=3, change=lambda clip, rng: np.clip(
+        clip + rng.normal(0, 25, clip.shape), 0, 255).astype(np.uint8))
     same = image_metrics.evaluate_folders(real, real, _tiny_extractor)
     assert same["ssim"] == pytest.approx(1.0) and abs(same["fid"]) < 1e-6 and same["num_videos"] == 2
     other = image_metrics.evaluate_folders(real, fake, _tiny_extractor, frame_stride=2)
