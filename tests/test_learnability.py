@@ -16,7 +16,7 @@ import pytest
 
 from benchmarks.learnability_parts import scoring
 from benchmarks.learnability_parts.dubbing import EXCERPT_LEAD_FRAMES, dub_pairs, speech_start
-from benchmarks.learnability_parts.report import QUICK_TARGETS
+from benchmarks.learnability_parts.report import QUICK_TARGETS, check_targets
 from benchmarks.learnability_parts.steps import PARTIAL_KEY, STEPS_FILE, Steps, StepFailed, run_module
 from conftest import REPO
 
@@ -168,3 +168,15 @@ def test_rerun_skips_finished_steps_and_redoes_removed_ones(quick_run):
     assert "score" in after and scores[0].exists()  # the removed step was run again
     summary = json.loads((work / "report" / "summary.json").read_text())
     assert summary["steps"] == {name: entry["seconds"] for name, entry in after.items() if name != PARTIAL_KEY}
+
+
+def test_quick_targets_are_checked_against_the_benchmarks_own_bounds():
+    bound = QUICK_TARGETS["syncnet_heldout_accuracy"]
+    summary = dict(mode="quick", syncnet_heldout_accuracy=bound, dub_mouth_correlation=0.5,
+                   zero_audio_mouth_correlation=0.5 - QUICK_TARGETS["correlation_margin"] - 0.01,
+                   minutes=QUICK_TARGETS["minutes"] + 1)
+    targets = check_targets(summary)
+    assert [t["bound"] for t in targets.values()] == [bound, QUICK_TARGETS["correlation_margin"],
+                                                      QUICK_TARGETS["minutes"]]
+    assert [t["met"] for t in targets.values()] == [True, True, False]
+    assert f"syncnet_heldout_accuracy >= {bound:g}" in targets
