@@ -8,6 +8,10 @@ ffmpeg with unquoted command strings. Here:
   need OpenCV's BGR flip the last axis), in display orientation (the rotation stored by phones
   is applied), resampled on the fly to a constant frame rate by the rule below (`fps=None`:
   every decoded frame once). Memory does not grow with the clip length.
+* `open_media` / `open_video` are the project's only way to open a file with PyAV (a one-line
+  UserError naming the file when it is missing, not media, or lacks the stream), and
+  `read_packets` its only demux-only frame timing (times, clip end, key frames; the data
+  pipeline's stream-copy decisions use it too).
 * `VideoWriter` pipes raw RGB frames into ffmpeg (`latentsync.io`: argument lists, temporary
   name renamed on success, a failure is a one-line error with ffmpeg's own reason).
 * `mux_audio` puts the ORIGINAL driving audio (its own sample rate and channels) next to the
