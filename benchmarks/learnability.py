@@ -145,13 +145,12 @@ def unet_overrides(layout: Layout, plan: Plan, whisper: str) -> list[str]:
 
 
 def evaluate_syncnet(layout: Layout, plan: Plan) -> dict:
-    from omegaconf import OmegaConf
-
     from benchmarks.learnability_parts.scoring import syncnet_accuracy
+    from latentsync.io import read_yaml
     from latentsync.models import load_syncnet
 
     model = load_syncnet(layout.syncnet_config, syncnet_ckpt(layout, plan), device="cpu").eval()
-    result = syncnet_accuracy(model, OmegaConf.load(layout.syncnet_config), layout.clips("heldout"),
+    result = syncnet_accuracy(model, read_yaml(layout.syncnet_config), layout.clips("heldout"),
                               plan.syncnet_eval_samples, SEED)
     print(f"    held-out SyncNet accuracy {result['accuracy']:.3f} (in sync {result['in_sync_accuracy']:.3f}, "
           f"shifted {result['shifted_accuracy']:.3f}, {result['samples']} samples)", flush=True)
@@ -196,14 +195,13 @@ def dub_all(layout: Layout, plan: Plan, whisper: str, jobs: int) -> dict:
 
 
 def score_all(layout: Layout, plan: Plan, frames: dict) -> dict:
-    from omegaconf import OmegaConf
-
     from benchmarks.learnability_parts import dubbing
     from latentsync.face import make_face_detector
+    from latentsync.io import read_yaml
     from latentsync.models import load_syncnet
     from latentsync.synthetic.corpus import read_manifest
 
-    config = OmegaConf.load(layout.syncnet_config)
+    config = read_yaml(layout.syncnet_config)
     syncnet = load_syncnet(layout.syncnet_config, syncnet_ckpt(layout, plan), device="cpu").eval()
     detector = make_face_detector("mediapipe")
     clips = []

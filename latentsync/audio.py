@@ -24,14 +24,12 @@ import whisper.audio
 import whisper.model
 
 from latentsync.device import pick_device, pick_dtype
-from latentsync.constants import MODEL_FPS, SAMPLE_RATE
+from latentsync.constants import INT16_SCALE, MODEL_FPS, SAMPLE_RATE
 from latentsync.errors import UserError
 from latentsync.io import atomic_save_torch, load_torch_file
+from latentsync.video import av_reason, open_media
 
 logger = logging.getLogger(__name__)
-
-# decoding
-INT16_SCALE = 32768.0  # s16 samples -> float in [-1, 1)
 
 # Whisper features (docs/audio-features.md)
 WHISPER_HOP = whisper.audio.HOP_LENGTH  # 160 samples per mel frame, 100 frames per second
@@ -46,7 +44,6 @@ AUDIO_FEAT_LENGTH = (2, 2)  # [a0, a1] of the configs
 ROWS_BEFORE = 2 * AUDIO_FEAT_LENGTH[0]  # 4 rows before the centre row
 ROWS_FROM_CENTRE = 2 * (AUDIO_FEAT_LENGTH[1] + 1)  # 6 rows from the centre row on
 CHUNK_ROWS = ROWS_BEFORE + ROWS_FROM_CENTRE  # 10 rows -> 10 * 5 = 50 tokens
-VIDEO_FPS = MODEL_FPS
 
 # SyncNet mel (Wav2Lip hyper-parameters, docs/audio-features.md)
 MEL_N_FFT = 800
@@ -78,17 +75,7 @@ def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.nd
     Matches an ffmpeg decode to signed 16-bit mono divided by 32768 (what the reference does).
     Raises UserError naming the file when it is missing, not media, has no audio or is empty.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: audio file not found")
-    try:
-        container = av.open(str(path))
-    except av.FFmpegError as e:
-        reason = getattr(e, "strerror", None) or e
-        raise UserError(f"{path}: not a readable audio or video file ({reason})") from None
-    with container:
-        if not container.streams.audio:
-            raise UserError(f"{path}: no audio stream in this file")
+    with open_media(path, "audio", what="audio file") as container:
         stream = container.streams.audio[0]
         resampler = av.AudioResampler(format="s16", layout="mono", rate=sample_rate)
         pieces = []
@@ -97,8 +84,7 @@ def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.nd
                 pieces += [f.to_ndarray().reshape(-1) for f in resampler.resample(frame)]
             pieces += [f.to_ndarray().reshape(-1) for f in resampler.resample(None)]
         except av.FFmpegError as e:
-            reason = getattr(e, "strerror", None) or e
-            raise UserError(f"{path}: could not decode the audio ({reason})") from None
+            raise UserError(f"{path}: could not decode the audio ({av_reason(e)})") from None
     samples = np.concatenate(pieces) if pieces else np.zeros(0, np.int16)
     if samples.size == 0:
         raise UserError(f"{path}: the audio stream has no samples")
@@ -109,7 +95,7 @@ def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.nd
 # per-frame chunks
 
 
-def num_chunks(num_rows: int, fps: float = VIDEO_FPS) -> int:
+def num_chunks(num_rows: int, fps: float = MODEL_FPS) -> int:
     """How many chunks (= output video frames) the reference makes from `num_rows` feature rows.
 
     Chunk i is appended before the stop test `int(i * 50 / fps) > num_rows`, so the count is
@@ -123,7 +109,7 @@ def num_chunks(num_rows: int, fps: float = VIDEO_FPS) -> int:
     return i + 1
 
 
-def chunk_indices(num_rows: int, fps: float = VIDEO_FPS) -> np.ndarray:
+def chunk_indices(num_rows: int, fps: float = MODEL_FPS) -> np.ndarray:
     """Feature-row indices `[N, 10]` (int64) of every chunk: rows c-4 .. c+5, clamped to [0, T-1]."""
     n = num_chunks(num_rows, fps)
     centres = np.array([int(i * ROWS_PER_SECOND / fps) for i in range(n)], dtype=np.int64)
@@ -131,7 +117,7 @@ def chunk_indices(num_rows: int, fps: float = VIDEO_FPS) -> np.ndarray:
     return np.clip(centres[:, None] + offsets[None, :], 0, num_rows - 1)
 
 
-def features_to_chunks(features: torch.Tensor, fps: float = VIDEO_FPS) -> torch.Tensor:
+def features_to_chunks(features: torch.Tensor, fps: float = MODEL_FPS) -> torch.Tensor:
     """Cut features `[T, L, dim]` into one chunk per video frame: `[N, 10*L, dim]`.
 
     Token k of a chunk is row k // L, layer k % L (row-major flattening of [10, L, dim]).
@@ -211,7 +197,7 @@ class AudioEncoder:
         self._write_cache(cache_path, features)
         return features
 
-    def chunks(self, features: torch.Tensor, fps: float = VIDEO_FPS) -> torch.Tensor:
+    def chunks(self, features: torch.Tensor, fps: float = MODEL_FPS) -> torch.Tensor:
         """One `[50, dim]` chunk per video frame at `fps` (docs/pipeline-timing.md): `[N, 50, dim]`."""
         return features_to_chunks(features, fps)
 
@@ -358,13 +344,13 @@ def syncnet_melspectrogram(wav: np.ndarray) -> np.ndarray:
     return np.clip(scaled, -MAX_ABS_VALUE, MAX_ABS_VALUE)
 
 
-def mel_window_length(num_frames: int = SYNCNET_FRAMES, fps: float = VIDEO_FPS) -> int:
+def mel_window_length(num_frames: int = SYNCNET_FRAMES, fps: float = MODEL_FPS) -> int:
     """Mel columns covering `num_frames` video frames: ceil(frames * 80 / fps) (52 for 16 at 25)."""
     return math.ceil(num_frames * MEL_COLUMNS_PER_SECOND / fps)
 
 
 def mel_window(mel: np.ndarray, start_frame: int, num_frames: int = SYNCNET_FRAMES,
-               fps: float = VIDEO_FPS) -> np.ndarray | None:
+               fps: float = MODEL_FPS) -> np.ndarray | None:
     """The SyncNet mel window `[80, 52]` for video frames start_frame .. start_frame+15.
 
     Starts at column int(80 * start_frame / fps). Returns None when the mel is too short to

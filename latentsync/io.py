@@ -8,6 +8,8 @@
 * ffmpeg: `run_ffmpeg` runs the binary shipped with imageio-ffmpeg with an argument list into
   such a temporary file. A failure is an `ExternalToolError` (a UserError): one line naming
   what failed, the exit status and ffmpeg's own last stderr lines.
+* Configs: `read_yaml` reads a YAML mapping into a plain dict, or raises a one-line UserError
+  naming the file.
 * Checkpoints: `load_torch_file` is the only `torch.load` of the project: `weights_only=True`
   (a pickle that would run code is refused), CPU tensors, and a one-line UserError naming the
   file when it is missing, damaged or unsafe.
@@ -180,6 +182,28 @@ def run_ffmpeg(args: Sequence[str], out_path: PathLike, what: str) -> None:
         result = subprocess.run(ffmpeg_command([*args, str(temp)]), capture_output=True)
         if result.returncode != 0:
             raise ffmpeg_failure(what, result.returncode, result.stderr)
+
+
+# --------------------------------------------------------------------------------------------
+# YAML configs
+
+
+def read_yaml(path: PathLike) -> dict:
+    """A YAML config file as a plain dict (OmegaConf's parsing: `1e-4` is a number, `${...}`
+    interpolations resolved), or a one-line UserError naming the file when it is missing, not
+    valid YAML, or not a mapping."""
+    from omegaconf import OmegaConf
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: config file not found")
+    try:
+        config = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    except Exception as exc:  # YAML, OmegaConf and OS errors of several kinds
+        raise UserError(f"{path}: not a readable YAML config ({_first_line(exc)})") from None
+    if not isinstance(config, dict):
+        raise UserError(f"{path}: not a YAML mapping (key: value lines)")
+    return config
 
 
 # --------------------------------------------------------------------------------------------

@@ -8,6 +8,10 @@ ffmpeg with unquoted command strings. Here:
   need OpenCV's BGR flip the last axis), in display orientation (the rotation stored by phones
   is applied), resampled on the fly to a constant frame rate by the rule below (`fps=None`:
   every decoded frame once). Memory does not grow with the clip length.
+* `open_media` / `open_video` are the project's only way to open a file with PyAV (a one-line
+  UserError naming the file when it is missing, not media, or lacks the stream), and
+  `read_packets` its only demux-only frame timing (times, clip end, key frames; the data
+  pipeline's stream-copy decisions use it too).
 * `VideoWriter` pipes raw RGB frames into ffmpeg (`latentsync.io`: argument lists, temporary
   name renamed on success, a failure is a one-line error with ffmpeg's own reason).
 * `mux_audio` puts the ORIGINAL driving audio (its own sample rate and channels) next to the
@@ -41,20 +45,31 @@ import av
 import numpy as np
 import soundfile
 
-from latentsync.constants import MODEL_FPS, SAMPLE_RATE
+from latentsync.constants import MODEL_FPS, OUTPUT_CRF, SAMPLE_RATE
 from latentsync.errors import UserError
-from latentsync.io import (atomic_output, commit, discard, ffmpeg_command, ffmpeg_exe,  # noqa: F401
-                           ffmpeg_failure, run_ffmpeg, temp_path_for)
+from latentsync.io import (atomic_output, commit, discard, ffmpeg_command, ffmpeg_failure, run_ffmpeg,
+                           temp_path_for)
 
 PathLike = Union[str, os.PathLike]
 
-DEFAULT_FPS = float(MODEL_FPS)
 DEFAULT_CHUNK_SIZE = 16  # frames per yielded chunk (one UNet segment)
-DEFAULT_CRF = 18
 COLOR_SPACE = "bt709"  # written videos are converted with and tagged as BT.709 (HD standard)
 AUDIO_BITRATE = "192k"  # AAC bitrate for muxed output audio
-DATA_AUDIO_RATE = SAMPLE_RATE  # data pipeline audio: 16 kHz mono
 FPS_MAX_DENOMINATOR = 1001000  # float fps -> exact fraction (29.97, 30000/1001, 12.5 ...)
+# names that used to be re-exported here: they still resolve, with a DeprecationWarning, until
+# the last importers take them from their own module
+MOVED_NAMES = {"ffmpeg_exe": "latentsync.io"}
+
+
+def __getattr__(name: str):
+    if name in MOVED_NAMES:
+        import importlib
+        import warnings
+
+        warnings.warn(f"latentsync.video.{name} is deprecated: import it from {MOVED_NAMES[name]}",
+                      DeprecationWarning, stacklevel=2)
+        return getattr(importlib.import_module(MOVED_NAMES[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass
@@ -75,32 +90,42 @@ class VideoInfo:
 # reading
 
 
-def _check_exists(path: PathLike) -> str:
+def _check_exists(path: PathLike, what: str = "video file") -> str:
     path = os.fspath(path)
     if not os.path.exists(path):
-        raise UserError(f"{path}: file not found")
+        raise UserError(f"{path}: {what} not found")
     if os.path.isdir(path):
-        raise UserError(f"{path}: is a folder, expected a video file")
+        raise UserError(f"{path}: is a folder, not a file")
     return path
 
 
-def _open(path: PathLike) -> Tuple[av.container.InputContainer, av.video.stream.VideoStream]:
-    """Open `path` with PyAV and return (container, first video stream), or raise UserError."""
-    path = _check_exists(path)
+def av_reason(error: Exception) -> str:
+    """The short reason of a PyAV error (its strerror), for one-line messages."""
+    return getattr(error, "strerror", None) or str(error)
+
+
+def open_media(path: PathLike, kind: Optional[str] = None, what: str = "media file"):
+    """The project's one way to open a file with PyAV: the input container of `path`, or a
+    one-line UserError naming the file when it is missing, a folder, not readable by FFmpeg or
+    (with `kind` "video" or "audio") without such a stream. `what` names the file in messages
+    ("video file", "audio file", ...). Use it as a context manager."""
+    path = _check_exists(path, what)
     try:
         container = av.open(path, mode="r")
     except av.error.FFmpegError as e:
-        raise UserError(f"{path}: not a readable video file ({_av_reason(e)})") from None
-    if not container.streams.video:
+        raise UserError(f"{path}: not a readable {what} ({av_reason(e)})") from None
+    if kind is not None and not getattr(container.streams, kind):
         container.close()
-        raise UserError(f"{path}: contains no video stream")
+        raise UserError(f"{path}: contains no {kind} stream")
+    return container
+
+
+def open_video(path: PathLike) -> Tuple[av.container.InputContainer, av.video.stream.VideoStream]:
+    """Open `path` with PyAV and return (container, first video stream), or raise UserError."""
+    container = open_media(path, "video", what="video file")
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"
     return container, stream
-
-
-def _av_reason(error: Exception) -> str:
-    return getattr(error, "strerror", None) or str(error)
 
 
 def _decoded_frames(container, stream, path: str) -> Iterator[av.VideoFrame]:
@@ -119,7 +144,7 @@ def _decoded_frames(container, stream, path: str) -> Iterator[av.VideoFrame]:
     except av.error.FFmpegError as e:  # the demuxer itself gave up: keep what was decoded
         failure = e
     if decoded == 0 and failure is not None:
-        raise UserError(f"{path}: cannot decode the video ({_av_reason(failure)})")
+        raise UserError(f"{path}: cannot decode the video ({av_reason(failure)})")
 
 
 def _rotation(frame: av.VideoFrame) -> int:
@@ -211,6 +236,43 @@ def _time_origin(container, stream) -> Optional[Fraction]:
     return origin
 
 
+@dataclass(frozen=True)
+class VideoPackets:
+    """A video stream's frame timing, read by demuxing only (no decoding; a fraction of a second
+    per clip). Times are seconds since the file start (`_time_origin`), as the resampling rule
+    of the module docstring measures them."""
+
+    keyframes: Tuple[bool, ...]  # decode order: the packet is a key frame
+    order: Tuple[int, ...]  # presentation order: order[k] is the decode index of the k-th frame shown
+    times: Tuple[Fraction, ...]  # presentation order: when each frame is shown
+    end: Fraction  # the clip end: the last frame's time plus its duration
+
+
+def read_packets(container, stream, path: PathLike) -> VideoPackets:
+    """The `VideoPackets` of `stream` in an open container (UserError naming `path` if the
+    demuxer fails or the stream has no frames)."""
+    time_base = Fraction(stream.time_base)
+    pts, durations, keyframes = [], [], []
+    origin = _time_origin(container, stream)
+    try:
+        for packet in container.demux(stream):
+            if packet.size == 0 or packet.pts is None or packet.is_discard:
+                continue
+            pts.append(packet.pts)
+            durations.append(packet.duration or 0)
+            keyframes.append(bool(packet.is_keyframe))
+    except av.error.FFmpegError as e:
+        raise UserError(f"{path}: cannot read the video ({av_reason(e)})") from None
+    if not pts:
+        raise UserError(f"{path}: the video stream has no frames")
+    order = sorted(range(len(pts)), key=pts.__getitem__)
+    origin = pts[order[0]] * time_base if origin is None else origin
+    times = tuple(pts[i] * time_base - origin for i in order)
+    last = durations[order[-1]]
+    end = times[-1] + (last * time_base if last else _default_frame_duration(stream))
+    return VideoPackets(tuple(keyframes), tuple(order), times, end)
+
+
 def _frame_times(frames, stream, origin) -> Iterator[Tuple[av.VideoFrame, Fraction]]:
     """Yield (frame, seconds since `origin`); origin None means the first frame's time."""
     time_base = Fraction(stream.time_base) if stream.time_base else None
@@ -235,7 +297,7 @@ def probe_video(path: PathLike) -> VideoInfo:
     or empty files.
     """
     path = _check_exists(path)
-    container, stream = _open(path)
+    container, stream = open_video(path)
     with container:
         first = next(_decoded_frames(container, stream, path), None)
         if first is None:
@@ -274,31 +336,13 @@ def _stream_duration(container, stream) -> float:
     return 0.0
 
 
-def _packet_times(path: str) -> Tuple[List[Fraction], Fraction]:
-    """Presentation times (seconds since the first frame, sorted) of all video packets, and the
+def _packet_times(path: str) -> Tuple[Sequence[Fraction], Fraction]:
+    """Presentation times (seconds since the file start, sorted) of all video packets, and the
     clip end time, read by demuxing only (no decoding)."""
-    container, stream = _open(path)
-    time_base = Fraction(stream.time_base)
-    default = _default_frame_duration(stream)
-    pts, durations = [], {}
+    container, stream = open_video(path)
     with container:
-        origin = _time_origin(container, stream)
-        try:
-            for packet in container.demux(stream):
-                if packet.size == 0 or packet.pts is None or packet.is_discard:
-                    continue
-                pts.append(packet.pts)
-                durations[packet.pts] = packet.duration
-        except av.error.FFmpegError as e:
-            raise UserError(f"{path}: cannot read the video ({_av_reason(e)})") from None
-    if not pts:
-        raise UserError(f"{path}: the video stream has no frames")
-    pts.sort()
-    origin = pts[0] * time_base if origin is None else origin
-    times = [p * time_base - origin for p in pts]
-    last = durations[pts[-1]]
-    end = times[-1] + (last * time_base if last else default)
-    return times, end
+        packets = read_packets(container, stream, path)
+    return packets.times, packets.end
 
 
 def _slot_sources(times: Sequence[Fraction], end: Fraction, fps: Optional[float]) -> List[int]:
@@ -312,14 +356,14 @@ def _slot_sources(times: Sequence[Fraction], end: Fraction, fps: Optional[float]
     return sources + resampler.finish(end)
 
 
-def count_frames(path: PathLike, fps: Optional[float] = DEFAULT_FPS) -> int:
+def count_frames(path: PathLike, fps: Optional[float] = MODEL_FPS) -> int:
     """Number of frames `iter_frames(path, fps)` yields, from packet timestamps (no decoding)."""
     times, end = _packet_times(_check_exists(path))
     return len(_slot_sources(times, end, fps))
 
 
 def iter_frames(
-    path: PathLike, fps: Optional[float] = DEFAULT_FPS, chunk_size: int = DEFAULT_CHUNK_SIZE
+    path: PathLike, fps: Optional[float] = MODEL_FPS, chunk_size: int = DEFAULT_CHUNK_SIZE
 ) -> Iterator[np.ndarray]:
     """Stream a video as uint8 RGB chunks `[n <= chunk_size, H, W, 3]` in display orientation.
 
@@ -345,7 +389,7 @@ def iter_frames(
         yield chunk[:filled].copy()
 
 
-def iter_single_frames(path: PathLike, fps: Optional[float] = DEFAULT_FPS) -> Iterator[np.ndarray]:
+def iter_single_frames(path: PathLike, fps: Optional[float] = MODEL_FPS) -> Iterator[np.ndarray]:
     """The frames of `iter_frames(path, fps)` one by one: uint8 RGB `[H, W, 3]`, display
     orientation, same frame-rate rule. A repeated source frame is the same (read-only use) array."""
     yield from _iter_rgb(_check_exists(path), fps)
@@ -358,7 +402,7 @@ def _iter_rgb(path: str, fps: Optional[float]) -> Iterator[np.ndarray]:
     # the clip end comes from the packet index, so damaged frames (repeated from the last good
     # one) never change the number of output frames: it is always count_frames(path, fps)
     end = _packet_times(path)[1] if resampler else None
-    container, stream = _open(path)
+    container, stream = open_video(path)
     with container:
         rotation = size = None
         shown, rgb = None, None
@@ -380,7 +424,7 @@ def _iter_rgb(path: str, fps: Optional[float]) -> Iterator[np.ndarray]:
 
 
 def read_frames(
-    path: PathLike, start: int, count: int, fps: Optional[float] = DEFAULT_FPS
+    path: PathLike, start: int, count: int, fps: Optional[float] = MODEL_FPS
 ) -> np.ndarray:
     """Frames `start .. start + count - 1` of `iter_frames(path, fps)` as one uint8 array.
 
@@ -405,7 +449,7 @@ def read_frames(
 def _decode_times(path: str, wanted: set, first: Fraction) -> Optional[dict]:
     """Decode the frames at the `wanted` times (seconds since the origin, as in _packet_times)
     after seeking near `first`; None if some wanted frame was not seen."""
-    container, stream = _open(path)
+    container, stream = open_video(path)
     time_base = Fraction(stream.time_base)
     found = {}
     with container:
@@ -460,7 +504,7 @@ class VideoWriter:
     """
 
     def __init__(
-        self, out_path: PathLike, fps: float, width: int, height: int, crf: int = DEFAULT_CRF
+        self, out_path: PathLike, fps: float, width: int, height: int, crf: int = OUTPUT_CRF
     ):
         if width < 1 or height < 1:
             raise ValueError(f"invalid frame size {width}x{height}")
@@ -571,14 +615,8 @@ class VideoWriter:
 
 def _require_stream(path: PathLike, kind: str) -> str:
     """Check that `path` opens and has a stream of `kind` ('video' or 'audio')."""
-    path = _check_exists(path)
-    try:
-        with av.open(path, mode="r") as container:
-            if not getattr(container.streams, kind):
-                raise UserError(f"{path}: contains no {kind} stream")
-    except av.error.FFmpegError as e:
-        raise UserError(f"{path}: not a readable media file ({_av_reason(e)})") from None
-    return path
+    with open_media(path, kind):
+        return os.fspath(path)
 
 
 def mux_audio(
@@ -621,8 +659,8 @@ def keyframe_args(interval: int | None) -> list[str]:
 def resample_video(
     in_path: PathLike,
     out_path: PathLike,
-    fps: float = DEFAULT_FPS,
-    audio_rate: int = DATA_AUDIO_RATE,
+    fps: float = MODEL_FPS,
+    audio_rate: int = SAMPLE_RATE,
     keyframe_interval: int | None = None,
     info: VideoInfo | None = None,
 ) -> None:
@@ -643,7 +681,7 @@ def resample_video(
     args = [
         "-i", info.path, "-map", "0:v:0", "-map", "0:a:0?",
         "-vf", ",".join(filters),
-        "-c:v", "libx264", "-crf", str(DEFAULT_CRF), "-pix_fmt", "yuv420p",
+        "-c:v", "libx264", "-crf", str(OUTPUT_CRF), "-pix_fmt", "yuv420p",
         *keyframe_args(keyframe_interval),
         "-c:a", "aac", "-ar", str(int(audio_rate)), "-ac", "1",
         "-movflags", "+faststart", "-f", "mp4",

@@ -12,7 +12,6 @@ from data.val_fileslist (else data.val_data_dir), the sample count from data.num
 
 import argparse
 import sys
-from pathlib import Path
 
 import torch
 
@@ -39,20 +38,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def load_config(path: str):
-    """The SyncNet config (OmegaConf), or a UserError naming the file."""
-    from omegaconf import OmegaConf
-
-    from latentsync.errors import UserError
-
-    if not Path(path).is_file():
-        raise UserError(f"{path}: config file not found")
-    try:
-        return OmegaConf.load(path)
-    except Exception as exc:  # YAML and OmegaConf parse errors of several kinds
-        raise UserError(f"{path}: not a readable YAML config ({str(exc).splitlines()[0]})") from None
-
-
 def fill_from_config(args: argparse.Namespace, config) -> None:
     """Options not given on the command line, from the config as the reference reads them."""
     from latentsync.errors import UserError
@@ -73,20 +58,24 @@ def run(args: argparse.Namespace) -> float:
     from latentsync.data.syncnet_dataset import SyncNetDataset
     from latentsync.device import pick_device
     from latentsync.errors import UserError
+    from latentsync.io import read_yaml
     from latentsync.models import load_syncnet
     from latentsync.models.stable_syncnet import sync_accuracy
 
-    config = load_config(args.config_path)
+    config = read_yaml(args.config_path)
     fill_from_config(args, config)
     if args.num_samples < 1:
         raise UserError("--num_samples must be at least 1")
     device = pick_device(args.device)
     model = load_syncnet(args.config_path, args.ckpt_path, device=device).eval()
-    data = config.data
+    data = config.get("data") or {}
     if data.get("latent_space"):
         raise UserError(f"{args.config_path}: latent-space SyncNets are not supported by this command")
-    dataset = SyncNetDataset(args.fileslist, num_frames=data.num_frames, resolution=data.resolution,
-                             lower_half=data.lower_half, seed=args.seed, length=args.num_samples)
+    missing = [f"data.{key}" for key in ("num_frames", "resolution", "lower_half") if key not in data]
+    if missing:
+        raise UserError(f"{args.config_path}: {', '.join(missing)} missing")
+    dataset = SyncNetDataset(args.fileslist, num_frames=data["num_frames"], resolution=data["resolution"],
+                             lower_half=data["lower_half"], seed=args.seed, length=args.num_samples)
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size)
     correct = seen = 0.0
     with torch.no_grad():

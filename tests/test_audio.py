@@ -223,7 +223,7 @@ def test_load_audio_video_without_sound(tmp_path):
            "-i", "color=size=64x64:rate=25", "-t", "1", "-c:v", "libx264",
            "-pix_fmt", "yuv420p", str(silent)]
     subprocess.run(cmd, check=True)
-    with pytest.raises(UserError, match="silent.mp4: no audio stream"):
+    with pytest.raises(UserError, match="silent.mp4: contains no audio stream"):
         audio.load_audio(silent)
 
 

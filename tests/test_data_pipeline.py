@@ -30,8 +30,8 @@ from latentsync.data.preprocess.sync_av import shift_audio
 from latentsync.errors import UserError
 from latentsync.eval.hyper_iqa import (HyperNet, load_hyper_iqa, quality_frame_indices,
                                        score_frames)
-from latentsync.video import (VideoWriter, count_frames, ffmpeg_exe, iter_frames, mux_audio,
-                             probe_video)
+from latentsync.io import ffmpeg_exe
+from latentsync.video import VideoWriter, count_frames, iter_frames, mux_audio, probe_video
 
 from conftest import MEDIA, REPO, need
 

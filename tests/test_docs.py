@@ -1,11 +1,13 @@
 """The repository stands alone: code cites its own docs/ pages, never an outside specification.
 
 Checks every text file of the code folders and the top-level scripts for citations of the
-external design document ("SPEC 4.9" style) and for paths into a sibling `shared` folder, and
-checks that every `docs/<page>.md` named anywhere exists and that the docs pages link to each
-other correctly.
+external design document ("SPEC 4.9" style) and for paths into a sibling `shared` folder, every
+.py/.yaml/.md file of the repository for citations of issue-tracker numbers ("issue 12", "#10":
+the repository cannot resolve them; say the fact or cite a docs/ page), and checks that every
+`docs/<page>.md` named anywhere exists and that the docs pages link to each other correctly.
 """
 
+import os
 import re
 from pathlib import Path
 
@@ -21,6 +23,12 @@ FORBIDDEN = (
     (re.compile(r"\.\./shared"), "builds a path into ../shared (nothing outside the repo may be read)"),
     (re.compile(r"""["']shared["']"""), "builds a path with a 'shared' folder component"),
 )
+ISSUE_CITATION = re.compile(r"\bissues? #?\d+|(?<![\w&/])#\d{1,4}\b", re.IGNORECASE)
+ISSUE_SUFFIXES = {".py", ".yaml", ".yml", ".md"}
+# files of other areas that still cite issue numbers, until their owners remove the citations
+# (the test fails once a listed file is clean, so the list only shrinks)
+ISSUE_CITATIONS_LEFT = {"benchmarks/speed.py", "configs/syncnet/learnability.yaml", "configs/unet/learnability.yaml",
+                        "configs/vae/learnability.yaml", "tests/test_decode_region.py", "tests/test_speed_options.py"}
 DOC_REFERENCE = re.compile(r"\bdocs/([A-Za-z0-9_.-]+\.md)\b")
 MARKDOWN_LINK = re.compile(r"\]\(([^)\s#]+)(#[^)\s]*)?\)")
 
@@ -71,6 +79,41 @@ def test_no_outside_citations_or_shared_paths():
     problems = [f"{path.relative_to(REPO)}:{number}: {problem}: {line}"
                 for path in checked_files() for number, line, problem in forbidden_hits(read(path))]
     assert not problems, "\n".join(problems)
+
+
+def repo_files(suffixes: set) -> list[Path]:
+    """The repository's files with these suffixes; hidden folders (.git, .venv) and caches are not
+    entered."""
+    files = []
+    for folder, subfolders, names in os.walk(REPO):
+        subfolders[:] = [d for d in subfolders if not d.startswith(".") and d not in SKIP_PARTS]
+        files += [Path(folder) / n for n in names if Path(n).suffix in suffixes]
+    return sorted(p for p in files if p.resolve() != SELF)
+
+
+def issue_citations(text: str) -> list[tuple[int, str]]:
+    return [(number, line.strip()) for number, line in enumerate(text.splitlines(), start=1)
+            if ISSUE_CITATION.search(line)]
+
+
+def test_issue_scanner_catches_citations_and_nothing_else():
+    for cited in ("the benchmark (issue 10)", "see Issue #7", "fixed in #12", "issues 10 and 11", "(#3)"):
+        assert issue_citations(cited), cited
+    for plain in ("# 1. first step", "x = a#1", "&#39;", "docs/page.md#2-setup", "issue a warning", "#12345 px"):
+        assert not issue_citations(plain), plain
+
+
+def test_no_issue_tracker_citations():
+    files = repo_files(ISSUE_SUFFIXES)
+    names = {p.relative_to(REPO).as_posix() for p in files}
+    assert {"README.md", "docs/README.md", "configs/unet/stage2.yaml", "latentsync/audio.py",
+            "comfyui_latentsync/nodes.py"} <= names
+    found = {p.relative_to(REPO).as_posix(): issue_citations(read(p)) for p in files}
+    problems = [f"{name}:{number}: cites an issue number the repository cannot resolve: {line}"
+                for name, hits in found.items() if name not in ISSUE_CITATIONS_LEFT for number, line in hits]
+    assert not problems, "\n".join(problems)
+    clean = sorted(name for name in ISSUE_CITATIONS_LEFT if not found.get(name))
+    assert not clean, f"no citation left in {clean}: remove them from ISSUE_CITATIONS_LEFT"
 
 
 def test_cited_docs_pages_exist():

@@ -18,7 +18,7 @@ from latentsync.eval.frechet import frechet_distance
 from latentsync.eval.media import read_audio_int16
 from latentsync.video import read_frames
 
-from conftest import MEDIA, REPO, need
+from conftest import MEDIA, need
 
 DEMO1_MP4 = MEDIA / "demo1_video.mp4"
 
@@ -222,7 +222,7 @@ def test_offset_follows_audio_shift(random_syncnet):
     """Audio that starts k frames later in the recording (= k*640 samples, so it is early by k
     frames) is reported with offset +k; the windows it is matched by are the same ones."""
     need(DEMO1_MP4)
-    start, num_frames = 10, 30
+    start, num_frames = 10, 20
     video = read_frames(DEMO1_MP4, start, num_frames, fps=None)[..., ::-1]  # BGR, as SyncNet v2 takes
     frames = np.stack([cv2.resize(f[560:800, 480:720], (224, 224), interpolation=cv2.INTER_AREA)
                        for f in video])  # the face region of demo1 (BGR)
@@ -341,12 +341,14 @@ def test_sync_confidence_on_a_video_file(tmp_path, random_syncnet):
 # CLI
 
 
-def test_cli_missing_video_exits_2_with_one_line(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "scripts.eval_sync_conf", "--video_path",
-                             str(tmp_path / "nope.mp4")], cwd=REPO, capture_output=True, text=True)
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "nope.mp4" in lines[0] and "not found" in lines[0]
+def test_cli_missing_video_exits_2_with_one_line(tmp_path, capsys):
+    """In this process (the `python -m` path of the same check runs in test_reference_cli)."""
+    from scripts import eval_sync_conf
+
+    assert eval_sync_conf.main(["--video_path", str(tmp_path / "nope.mp4")]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and "nope.mp4" in lines[0] and "not found" in lines[0] and not captured.out
 
 
 def test_cli_folder_mode_writes_csv(tmp_path, random_syncnet, monkeypatch, capsys):
@@ -432,18 +434,24 @@ def tiny_i3d_path(tmp_path_factory):
     return path
 
 
+def clip_folders(root: Path, other: str, count: int, frames: int, change, seed: int) -> tuple[Path, Path]:
+    """`root/real` with `count` moving-square clips of `frames` frames and `root/<other>` with
+    `change(clip, rng)` of each, under the same file names."""
+    real, changed = root / "real", root / other
+    real.mkdir()
+    changed.mkdir()
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        clip = moving_square_clip(frames, 64, seed=i)
+        write_video(real / f"clip{i}.mp4", clip)
+        write_video(changed / f"clip{i}.mp4", change(clip, rng))
+    return real, changed
+
+
 @pytest.fixture(scope="module")
 def fvd_folders(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fvd")
-    real, shuffled = root / "real", root / "shuffled"
-    real.mkdir()
-    shuffled.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(4):
-        clip = moving_square_clip(40, 64, seed=i)
-        write_video(real / f"clip{i}.mp4", clip)
-        write_video(shuffled / f"clip{i}.mp4", clip[rng.permutation(len(clip))])
-    return real, shuffled
+    return clip_folders(tmp_path_factory.mktemp("fvd"), "shuffled", 4, 40,
+                        lambda clip, rng: clip[rng.permutation(len(clip))], seed=0)
 
 
 def test_fvd_zero_against_itself_and_larger_for_shuffled_frames(tiny_i3d_path, fvd_folders):
@@ -546,15 +554,8 @@ def test_inception_weights_missing_is_a_user_error(tmp_path):
 def test_ssim_fid_folders_and_cli(tmp_path, monkeypatch, capsys):
     from scripts import eval_ssim_fid
 
-    real, fake = tmp_path / "real", tmp_path / "fake"
-    real.mkdir()
-    fake.mkdir()
-    rng = np.random.default_rng(3)
-    for i in range(2):
-        clip = moving_square_clip(8, 64, seed=i)
-        write_video(real / f"v{i}.mp4", clip)
-        noisy = np.clip(clip + rng.normal(0, 25, clip.shape), 0, 255).astype(np.uint8)
-        write_video(fake / f"v{i}.mp4", noisy)
+    real, fake = clip_folders(tmp_path, "fake", 2, 8, seed=3, change=lambda clip, rng: np.clip(
+        clip + rng.normal(0, 25, clip.shape), 0, 255).astype(np.uint8))
     same = image_metrics.evaluate_folders(real, real, _tiny_extractor)
     assert same["ssim"] == pytest.approx(1.0) and abs(same["fid"]) < 1e-6 and same["num_videos"] == 2
     other = image_metrics.evaluate_folders(real, fake, _tiny_extractor, frame_stride=2)

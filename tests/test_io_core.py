@@ -275,3 +275,17 @@ def test_sigterm_during_inference_leaves_no_temporary_files(tiny, tmp_path):
     assert b"Traceback" not in stderr
     assert leftovers(work) == []
     assert not out.parent.exists() or leftovers(out.parent) == []
+
+
+def test_read_yaml_gives_a_plain_dict_or_one_line_naming_the_file(tmp_path):
+    read_yaml = io.read_yaml
+    path = tmp_path / "run.yaml"
+    path.write_text("optimizer:\n  lr: 1e-4\nmodel:\n  layers: [1, 2]\n")
+    assert read_yaml(path) == {"optimizer": {"lr": 1e-4}, "model": {"layers": [1, 2]}}  # 1e-4 a number
+    for text, problem in (("a: [1\n", "not a readable YAML config"), ("- 1\n- 2\n", "not a YAML mapping")):
+        path.write_text(text)
+        with pytest.raises(UserError, match=f"run.yaml: {problem}") as caught:
+            read_yaml(path)
+        assert "\n" not in str(caught.value)
+    with pytest.raises(UserError, match="missing.yaml: config file not found"):
+        read_yaml(tmp_path / "missing.yaml")

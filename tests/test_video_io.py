@@ -14,13 +14,15 @@ import pytest
 import soundfile
 
 from latentsync import video
+from latentsync.constants import MODEL_FPS
 from latentsync.errors import ExternalToolError, UserError
+from latentsync.io import ffmpeg_exe
 
 from conftest import MEDIA, need
 
 DEMO1 = MEDIA / "demo1_video.mp4"
 DEMO2 = MEDIA / "demo2_video.mp4"
-FFMPEG = video.ffmpeg_exe()
+FFMPEG = ffmpeg_exe()
 LEVEL_STEP = 4  # index clips: frame i is a flat gray of level i * LEVEL_STEP
 
 
@@ -43,7 +45,7 @@ def ffmpeg_rgb(path: Path, width: int, height: int, *filters, frames: int = 0) -
     return np.frombuffer(raw, np.uint8).reshape(-1, height, width, 3)
 
 
-def all_frames(path, fps=video.DEFAULT_FPS, chunk_size=video.DEFAULT_CHUNK_SIZE) -> np.ndarray:
+def all_frames(path, fps=MODEL_FPS, chunk_size=video.DEFAULT_CHUNK_SIZE) -> np.ndarray:
     return np.concatenate(list(video.iter_frames(path, fps=fps, chunk_size=chunk_size)))
 
 
@@ -344,10 +346,11 @@ def bad_file(kind: str, media, tmp_path) -> Path:
 
 
 @pytest.mark.parametrize("kind", ["missing", "text", "empty", "truncated", "audio_only"])
-@pytest.mark.parametrize("reader", ["probe", "iter", "count", "read"])
+@pytest.mark.parametrize("reader", ["open", "probe", "iter", "count", "read"])
 def test_bad_inputs_are_user_errors_naming_the_file(media, tmp_path, kind, reader):
     path = bad_file(kind, media, tmp_path)
     calls = {
+        "open": lambda: video.open_video(path)[0].close(),
         "probe": lambda: video.probe_video(path),
         "iter": lambda: next(video.iter_frames(path)),
         "count": lambda: video.count_frames(path),
@@ -357,6 +360,26 @@ def test_bad_inputs_are_user_errors_naming_the_file(media, tmp_path, kind, reade
         calls[reader]()
     message = str(caught.value)
     assert str(path) in message and "\n" not in message
+
+
+def test_open_media_names_the_file_and_the_missing_stream(media, tmp_path):
+    with video.open_media(media["clip"], "video") as container:
+        assert container.streams.video
+    with pytest.raises(UserError, match=r"index30\.mp4: contains no audio stream$"):
+        video.open_media(media["index"], "audio")
+    with pytest.raises(UserError, match=r"nothing\.wav: audio file not found$"):
+        video.open_media(tmp_path / "nothing.wav", "audio", what="audio file")
+    with pytest.raises(UserError, match="is a folder"):
+        video.open_media(tmp_path)
+
+
+def test_moved_names_still_resolve_with_a_deprecation_warning():
+    from latentsync import io
+
+    with pytest.warns(DeprecationWarning, match="import it from latentsync.io"):
+        assert video.ffmpeg_exe is io.ffmpeg_exe
+    with pytest.raises(AttributeError):
+        video.no_such_name
 
 
 # --------------------------------------------------------------------------------------------

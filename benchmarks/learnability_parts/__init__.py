@@ -1,4 +1,4 @@
-"""Parts of the learnability benchmark (benchmarks/learnability.py, issue 10).
+"""Parts of the learnability benchmark (benchmarks/learnability.py).
 
 plan.py      sizes and steps of the full and the --quick run, the commands of every training step
 steps.py     resumable steps: completion records in WORK/steps.json, subprocess runner, peak memory

@@ -147,7 +147,7 @@ def score_video(path: Path, truth: Truth, syncnet, syncnet_config, detector) -> 
     from benchmarks.learnability_parts import scoring
 
     frames = read_all(path, len(truth.track))
-    opening, faces = scoring.face_pass(frames, int(syncnet_config.data.resolution), detector)
+    opening, faces = scoring.face_pass(frames, int(syncnet_config["data"]["resolution"]), detector)
     sync = scoring.sync_scores(syncnet, faces, truth.speech, syncnet_config)
     ssim, psnr = scoring.mouth_similarity(frames, truth.frames, truth.boxes)
     return dict(mouth_correlation=scoring.correlation(opening, truth.track), lse_c=sync["lse_c"],

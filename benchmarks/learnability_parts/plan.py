@@ -73,15 +73,24 @@ QUICK = Plan(name="quick", num_clips=46, heldout_fraction=0.15, min_seconds=3.2,
 PLANS = {"full": FULL, "quick": QUICK}
 
 
+def _folder(*parts: str) -> property:
+    """A Layout property: the path `root / parts...`."""
+    return property(lambda layout: layout.root.joinpath(*parts), doc=f"WORK/{'/'.join(parts)}")
+
+
 @dataclass
 class Layout:
     """Where each step writes under the work folder."""
 
     root: Path
 
-    @property
-    def corpus(self) -> Path:
-        return self.root / "corpus"
+    corpus = _folder("corpus")
+    whisper = _folder("whisper", "tiny.pt")
+    runs = _folder("runs")
+    cache = _folder("cache")
+    dubs = _folder("dubs")
+    report = _folder("report")
+    logs = _folder("logs")
 
     def data(self, split: str) -> Path:
         return self.root / "data" / split
@@ -89,14 +98,6 @@ class Layout:
     def clips(self, split: str) -> Path:
         """The data pipeline's final clips of one corpus split."""
         return self.data(split) / "high_visual_quality"
-
-    @property
-    def whisper(self) -> Path:
-        return self.root / "whisper" / "tiny.pt"
-
-    @property
-    def runs(self) -> Path:
-        return self.root / "runs"
 
     def run_dir(self, name: str) -> Path:
         return self.runs / name
@@ -113,19 +114,3 @@ class Layout:
     @property
     def vae(self) -> Path:
         return self.run_dir("vae") / "vae"
-
-    @property
-    def cache(self) -> Path:
-        return self.root / "cache"
-
-    @property
-    def dubs(self) -> Path:
-        return self.root / "dubs"
-
-    @property
-    def report(self) -> Path:
-        return self.root / "report"
-
-    @property
-    def logs(self) -> Path:
-        return self.root / "logs"

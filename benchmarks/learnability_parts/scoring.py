@@ -60,12 +60,12 @@ def face_pass(frames: np.ndarray, resolution: int, detector) -> tuple[np.ndarray
 @torch.no_grad()
 def sync_scores(syncnet, faces: np.ndarray, wav: np.ndarray, config, batch: int = 32) -> dict:
     """LSE-D, LSE-C and AV offset of aligned `faces` against 16 kHz `wav` with a StableSyncNet
-    whose `config` is its YAML (data.num_frames, resolution, lower_half)."""
+    whose `config` is its YAML as a mapping (data.num_frames, resolution, lower_half)."""
     from latentsync.audio import mel_window, syncnet_melspectrogram
     from latentsync.data.syncnet_dataset import frames_to_tensor
 
-    data = config.data
-    F = int(data.num_frames)
+    data = config["data"]
+    F = int(data["num_frames"])
     mel = syncnet_melspectrogram(wav)
     n = min(len(faces), math.floor(len(wav) * MODEL_FPS / SAMPLE_RATE)) - F + 1
     starts = [s for s in range(max(n, 0)) if mel_window(mel, s, F, MODEL_FPS) is not None]
@@ -75,7 +75,7 @@ def sync_scores(syncnet, faces: np.ndarray, wav: np.ndarray, config, batch: int 
     vision, audio = [], []
     for i in range(0, len(starts), batch):
         part = starts[i:i + batch]
-        frames = torch.stack([frames_to_tensor(faces[s:s + F], data.resolution, data.lower_half) for s in part])
+        frames = torch.stack([frames_to_tensor(faces[s:s + F], data["resolution"], data["lower_half"]) for s in part])
         mels = torch.stack([torch.from_numpy(np.ascontiguousarray(mel_window(mel, s, F, MODEL_FPS),
                                                                   dtype=np.float32))[None] for s in part])
         v, a = syncnet(frames.to(device), mels.to(device))
@@ -134,9 +134,9 @@ def syncnet_accuracy(syncnet, config, clips_dir, num_samples: int, seed: int) ->
     from latentsync.data.syncnet_dataset import SyncNetDataset
     from latentsync.models.stable_syncnet import SYNC_THRESHOLD, cosine_similarity
 
-    data = config.data
-    dataset = SyncNetDataset(str(clips_dir), num_frames=data.num_frames, resolution=data.resolution,
-                             lower_half=data.lower_half, seed=seed, length=num_samples,
+    data = config["data"]
+    dataset = SyncNetDataset(str(clips_dir), num_frames=data["num_frames"], resolution=data["resolution"],
+                             lower_half=data["lower_half"], seed=seed, length=num_samples,
                              cache_frames=True)  # each held-out clip decoded once
     device = next(syncnet.parameters()).device
     correct, count = np.zeros(2), np.zeros(2)

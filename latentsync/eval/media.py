@@ -12,12 +12,10 @@ from pathlib import Path
 import numpy as np
 
 from latentsync.audio import load_audio
-from latentsync.constants import SAMPLE_RATE
+from latentsync.constants import INT16_SCALE, SAMPLE_RATE, VIDEO_EXTENSIONS
 from latentsync.errors import UserError
 
-INT16_SCALE = 32768.0
 INT16_MIN, INT16_MAX = -32768, 32767
-VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm")
 
 
 def read_audio_int16(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
@@ -31,7 +29,7 @@ def list_videos(videos_dir: str | os.PathLike) -> list[Path]:
     videos_dir = Path(videos_dir)
     if not videos_dir.is_dir():
         raise UserError(f"{videos_dir}: not a directory")
-    videos = sorted(p for p in videos_dir.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
+    videos = sorted(p for p in videos_dir.iterdir() if p.suffix.lower() in VIDEO_EXTENSIONS)
     if not videos:
-        raise UserError(f"{videos_dir}: no video files ({', '.join(VIDEO_SUFFIXES)})")
+        raise UserError(f"{videos_dir}: no video files ({', '.join(VIDEO_EXTENSIONS)})")
     return videos

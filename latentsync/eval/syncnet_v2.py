@@ -35,11 +35,11 @@ from scipy.signal import medfilt
 from torch import nn
 
 from latentsync.checkpoints import checkpoint_file, default_path
-from latentsync.constants import MODEL_FPS, SAMPLE_RATE
+from latentsync.constants import INT16_SCALE, MODEL_FPS, SAMPLE_RATE
 from latentsync.errors import UserError
 from latentsync.eval.media import list_videos, read_audio_int16
 from latentsync.eval.weights import load_weights_strictly
-from latentsync.face.tracking import box_iou  # noqa: F401 (the tracks below match boxes by IoU)
+from latentsync.face.tracking import box_iou
 from latentsync.io import atomic_open
 from latentsync.video import iter_single_frames
 
@@ -48,8 +48,7 @@ logger = logging.getLogger(__name__)
 SYNCNET_V2_PATH = str(default_path("syncnet_v2"))
 SYNCNET_V2_SOURCE = f"get it from {checkpoint_file('syncnet_v2').source()}"
 
-VIDEO_FPS = MODEL_FPS
-SAMPLES_PER_FRAME = SAMPLE_RATE // VIDEO_FPS  # 640
+SAMPLES_PER_FRAME = SAMPLE_RATE // MODEL_FPS  # 640
 MFCC_PER_FRAME = 4  # 100 MFCC columns per second
 LIP_WINDOW = 5  # frames per lip input
 MFCC_WINDOW = 20  # MFCC columns per audio input
@@ -135,13 +134,13 @@ def load_syncnet_v2(path: str | os.PathLike = SYNCNET_V2_PATH, device="cpu") -> 
 def mfcc_features(wav: np.ndarray, sr: int = SAMPLE_RATE) -> np.ndarray:
     """[13, T] MFCCs (python_speech_features defaults, 100 columns per second).
 
-    `wav` is mono int16 samples, or floats in [-1, 1] (scaled by 32768 to the int16 range,
+    `wav` is mono int16 samples, or floats in [-1, 1] (scaled by INT16_SCALE to the int16 range,
     which is what the reference feeds in).
     """
     from python_speech_features import mfcc
 
     wav = np.asarray(wav)
-    signal = wav.astype(np.float64) * 32768.0 if wav.dtype.kind == "f" else wav.astype(np.float64)
+    signal = wav.astype(np.float64) * INT16_SCALE if wav.dtype.kind == "f" else wav.astype(np.float64)
     return np.ascontiguousarray(mfcc(signal, sr).T)
 
 
@@ -288,7 +287,7 @@ def detect_boxes_and_shots(video_path: str | os.PathLike, detector
 
     shot_detector = ContentDetector()
     boxes, cuts, count = [], [], 0
-    for index, rgb in enumerate(iter_single_frames(video_path, fps=VIDEO_FPS)):
+    for index, rgb in enumerate(iter_single_frames(video_path, fps=MODEL_FPS)):
         faces = detector.detect(rgb)
         boxes.append([np.asarray(f.box, np.float64) for f in faces])
         cuts += shot_detector.process_frame(index, _scene_frame(np.ascontiguousarray(rgb[:, :, ::-1])))  # BGR
@@ -378,7 +377,7 @@ def crop_tracks(video_path: str | os.PathLike, tracks: list[Track],
     geometry = [crop_geometry(t, options) for t in tracks]
     crops: list[list[np.ndarray]] = [[] for _ in tracks]
     last = max(int(t.frames[-1]) for t in tracks)
-    for index, rgb in enumerate(iter_single_frames(video_path, fps=VIDEO_FPS)):
+    for index, rgb in enumerate(iter_single_frames(video_path, fps=MODEL_FPS)):
         if index > last:
             break
         frame = np.ascontiguousarray(rgb[:, :, ::-1])  # SyncNet v2 was trained on BGR crops

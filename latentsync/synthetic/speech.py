@@ -17,7 +17,7 @@ from math import gcd
 import numpy as np
 from scipy.signal import resample_poly
 
-from latentsync.constants import SAMPLE_RATE
+from latentsync.constants import INT16_SCALE, SAMPLE_RATE
 from latentsync.errors import UserError
 
 AUDIO_OUTPUT_SYNCHRONOUS = 2
@@ -146,7 +146,7 @@ def synthesize(text: str, voice: str = "en-us", rate: int = 160, pitch: int = 50
     engine = _engine()
     raw, events = engine.speak(text, voice, rate, pitch)
     factor = gcd(SAMPLE_RATE, engine.rate)
-    samples = resample_poly(raw.astype(np.float32) / 32768.0, SAMPLE_RATE // factor, engine.rate // factor)
+    samples = resample_poly(raw.astype(np.float32) / INT16_SCALE, SAMPLE_RATE // factor, engine.rate // factor)
     peak = float(np.abs(samples).max()) if samples.size else 0.0
     if peak > 0:
         samples = samples * (PEAK_LEVEL / peak)

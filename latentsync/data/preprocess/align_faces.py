@@ -11,15 +11,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from latentsync.data.preprocess.common import (FPS, PipelineOptions, StageResult, face_detector,
-                                               public_mode, remove, temp_path)
+from latentsync.constants import MODEL_FPS, OUTPUT_CRF
+from latentsync.data.preprocess.common import PipelineOptions, StageResult, face_detector
 from latentsync.errors import UserError
 from latentsync.face.alignment import AlignRestore
 from latentsync.face.tracking import FaceTracker
+from latentsync.io import discard, temp_path_for
 from latentsync.video import VideoWriter, iter_frames, mux_audio
 
 FOLDER = "aligned"
-FACE_CRF = 18
 
 
 class _NoFace(Exception):
@@ -36,7 +36,7 @@ def write_aligned(input_path: Path, silent_path: Path, resolution: int) -> int:
     aligner = AlignRestore(resolution)
     aligner.reset()
     index = 0
-    with VideoWriter(silent_path, FPS, resolution, resolution, crf=FACE_CRF) as writer:
+    with VideoWriter(silent_path, MODEL_FPS, resolution, resolution, crf=OUTPUT_CRF) as writer:
         for chunk in iter_frames(input_path, fps=None):
             faces = []
             for frame in chunk:
@@ -52,14 +52,14 @@ def write_aligned(input_path: Path, silent_path: Path, resolution: int) -> int:
 def align_faces(input_path: Path, output_dir: Path, options: PipelineOptions) -> StageResult:
     """Write the aligned face video `<name>.mp4` (with audio) into `output_dir`."""
     out = output_dir / input_path.name
-    silent = temp_path(output_dir / f"{input_path.stem}.faces.mp4")  # the video before muxing
+    silent = temp_path_for(output_dir / f"{input_path.stem}.faces.mp4")  # the video before muxing
     try:
         frames = write_aligned(input_path, silent, options.resolution)
-        mux_audio(silent, input_path, out, duration=frames / FPS)
+        mux_audio(silent, input_path, out, duration=frames / MODEL_FPS)
     except _NoFace as exc:
         return StageResult.drop("no_face", f"frame {exc.args[0]}: no face found")
     except UserError as exc:
         return StageResult.drop("unreadable", str(exc))
     finally:
-        remove(silent)
-    return StageResult.keep(public_mode(out))
+        discard(silent)
+    return StageResult.keep(out)

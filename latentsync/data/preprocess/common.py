@@ -14,15 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from latentsync.checkpoints import CHECKPOINTS_DIR, default_path
-from latentsync.constants import MODEL_FPS, SAMPLE_RATE
-from latentsync.io import TEMP_MARK, atomic_output, discard, run_ffmpeg, temp_path_for  # noqa: F401
+from latentsync.constants import MODEL_FPS, OUTPUT_CRF, SAMPLE_RATE
+from latentsync.io import atomic_output, discard, run_ffmpeg
 from latentsync.video import keyframe_args
 
-FPS = MODEL_FPS  # every stage from 2 on works on constant 25 fps video
-AUDIO_RATE = SAMPLE_RATE  # and 16 kHz mono audio
-CRF = 18  # x264 quality of every re-encoded clip
 REENCODE_MODES = ("auto", "always")  # auto: copy streams that conform (docs/data-pipeline.md)
-PARTIAL_MARK = TEMP_MARK  # hidden temp files: .<name>.<random>.partial<ext>
 
 
 @dataclass
@@ -88,23 +84,6 @@ class StageResult:
 # files
 
 
-def temp_path(final: Path) -> Path:
-    """A fresh hidden temporary file next to `final` (see `latentsync.io.temp_path_for`)."""
-    return temp_path_for(final)
-
-
-def public_mode(path: Path) -> Path:
-    """Give a file the usual permissions of new files (umask); returns `path`."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
-    return path
-
-
-def remove(path: Path) -> None:
-    discard(path)
-
-
 def link_or_copy(src: Path, dst: Path) -> Path:
     """Make `dst` hold the bytes of `src`: a hard link if possible, else a copy; atomic."""
     with atomic_output(dst) as temp:
@@ -126,16 +105,16 @@ def output_name(input_path: Path, suffix: str = "") -> str:
 def segment_frames(options: PipelineOptions) -> int:
     """Frames of the shortest stage-4 piece (125 at 5 s): also the key frame interval of the
     clips stages 2 and 3 encode, so that stage 4 can cut them by stream copy."""
-    return round(options.segment_seconds * FPS)
+    return round(options.segment_seconds * MODEL_FPS)
 
 
-def cut_clip(src: Path, dst: Path, start_frame: int, num_frames: int, fps: int = FPS,
+def cut_clip(src: Path, dst: Path, start_frame: int, num_frames: int, fps: int = MODEL_FPS,
              keyframe_interval: int | None = None, copy_video: bool = False) -> None:
     """Frames [start, start + num) of a constant-`fps` clip and the matching audio (AAC 16 kHz
     mono, sample-accurate: a few ms of work).
 
     Re-encoded (default): input seeking with re-encoding is frame accurate (ffmpeg decodes from
-    the key frame before the start and discards what precedes it); H.264 crf 18, a key frame
+    the key frame before the start and discards what precedes it); H.264 at OUTPUT_CRF, a key frame
     every `keyframe_interval` frames if given. `copy_video`: the video stream is copied, which is
     only valid where `streams.StreamLayout.can_copy(start, start + num)` holds (the input is
     seeked to the key frame at `start`, and the first `num` packets in decode order are then
@@ -143,11 +122,11 @@ def cut_clip(src: Path, dst: Path, start_frame: int, num_frames: int, fps: int =
     """
     start, duration = start_frame / fps, num_frames / fps
     video = ["-c:v", "copy"] if copy_video else \
-        ["-c:v", "libx264", "-crf", str(CRF), "-pix_fmt", "yuv420p", *keyframe_args(keyframe_interval)]
+        ["-c:v", "libx264", "-crf", str(OUTPUT_CRF), "-pix_fmt", "yuv420p", *keyframe_args(keyframe_interval)]
     args = [
         "-ss", f"{start:.6f}", "-i", str(src), "-t", f"{duration:.6f}",
         "-map", "0:v:0", "-map", "0:a:0?", "-frames:v", str(num_frames), *video,
-        "-c:a", "aac", "-ar", str(AUDIO_RATE), "-ac", "1",
+        "-c:a", "aac", "-ar", str(SAMPLE_RATE), "-ac", "1",
         "-movflags", "+faststart", "-f", "mp4",
     ]  # fmt: skip
     verb = "copy" if copy_video else "cut"

@@ -12,7 +12,7 @@ import av
 
 from latentsync.data.preprocess.common import PipelineOptions, StageResult, link_or_copy
 from latentsync.errors import UserError
-from latentsync.video import probe_video
+from latentsync.video import av_reason, open_media, probe_video
 
 FOLDER = "valid"
 AUDIO_PROBE_FRAMES = 4  # decode this many audio frames to prove the audio is readable
@@ -36,13 +36,13 @@ def remove_broken(input_path: Path, output_dir: Path, options: PipelineOptions) 
 
 def _audio_problem(path: Path) -> str:
     """Why the first audio stream cannot be decoded ('' if a few frames decode fine)."""
-    try:
-        with av.open(str(path)) as container:
-            decoded = 0
+    with open_media(path, "audio") as container:
+        decoded = 0
+        try:
             for frame in container.decode(audio=0):
                 decoded += frame.samples > 0
                 if decoded >= AUDIO_PROBE_FRAMES:
                     break
-    except av.FFmpegError as exc:
-        return f"cannot decode the audio ({getattr(exc, 'strerror', None) or exc})"
+        except av.FFmpegError as exc:
+            return f"cannot decode the audio ({av_reason(exc)})"
     return "" if decoded else "the audio stream has no samples"

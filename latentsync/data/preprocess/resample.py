@@ -13,10 +13,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from latentsync.data.preprocess.common import (AUDIO_RATE, FPS, PipelineOptions, StageResult,
-                                               output_name, public_mode, run_ffmpeg, segment_frames)
+from latentsync.constants import MODEL_FPS, SAMPLE_RATE
+from latentsync.data.preprocess.common import PipelineOptions, StageResult, output_name, segment_frames
 from latentsync.data.preprocess.streams import read_layout
 from latentsync.errors import UserError
+from latentsync.io import run_ffmpeg
 from latentsync.video import probe_video, resample_video
 
 FOLDER = "resampled"
@@ -35,23 +36,23 @@ def resample(input_path: Path, output_dir: Path, options: PipelineOptions) -> St
     if not info.has_audio:
         out.unlink()
         return StageResult.drop("resample_failed", f"{input_path}: the audio did not survive")
-    return StageResult.keep(public_mode(out), detail=how)
+    return StageResult.keep(out, detail=how)
 
 
 def write_resampled(input_path: Path, out: Path, options: PipelineOptions) -> str:
     """Write the resampled clip; returns COPIED, AUDIO_ONLY or REENCODED."""
     if options.reencode == "always":
-        resample_video(input_path, out, fps=FPS, audio_rate=AUDIO_RATE)
+        resample_video(input_path, out, fps=MODEL_FPS, audio_rate=SAMPLE_RATE)
         return REENCODED
     info, layout = probe_video(input_path), read_layout(input_path)
     if layout.video_copyable and info.rotation == 0 and not (info.width % 2 or info.height % 2):
         audio = ["-c:a", "copy"] if layout.audio_conforms else \
-            ["-c:a", "aac", "-ar", str(AUDIO_RATE), "-ac", "1"]
+            ["-c:a", "aac", "-ar", str(SAMPLE_RATE), "-ac", "1"]
         args = ["-i", info.path, "-map", "0:v:0", "-map", "0:a:0?", "-c:v", "copy", *audio,
                 "-movflags", "+faststart", "-f", "mp4"]
         run_ffmpeg(args, out, f"copy the streams of {info.path}")
         return COPIED if layout.audio_conforms else AUDIO_ONLY
-    resample_video(input_path, out, fps=FPS, audio_rate=AUDIO_RATE,
+    resample_video(input_path, out, fps=MODEL_FPS, audio_rate=SAMPLE_RATE,
                    keyframe_interval=segment_frames(options), info=info)
     return REENCODED
 

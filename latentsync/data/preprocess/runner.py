@@ -42,9 +42,9 @@ from tqdm import tqdm
 
 from latentsync.data.preprocess import (align_faces, check_faces, detect_shots, filter_quality,
                                         remove_broken, resample, segment, sync_av)
-from latentsync.data.preprocess.common import (PARTIAL_MARK, REENCODE_MODES, PipelineOptions,
-                                               StageResult, link_or_copy, remove, segment_frames)
-from latentsync.io import atomic_write_text
+from latentsync.data.preprocess.common import (REENCODE_MODES, PipelineOptions, StageResult, link_or_copy,
+                                               segment_frames)
+from latentsync.io import TEMP_MARK, atomic_write_text, discard
 from latentsync.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -424,15 +424,15 @@ def _count(summary: StageSummary, entry: dict) -> None:
 def _remove_stale(entry: dict | None, out_root: Path) -> None:
     """Delete what an outdated result of this input wrote (it is about to be redone)."""
     for name in (entry or {}).get("outputs", []):
-        remove(out_root / name)
+        discard(out_root / name)
 
 
 def _remove_partials(folder: Path) -> None:
     """Delete temporary files left by a killed run (only safe when no other shard writes)."""
     if folder.is_dir():
         for path in folder.rglob(".*"):
-            if path.is_file() and (PARTIAL_MARK in path.name or path.name.endswith(".faces.mp4")):
-                remove(path)
+            if path.is_file() and (TEMP_MARK in path.name or path.name.endswith(".faces.mp4")):
+                discard(path)
 
 
 def write_report(stage: Stage, ledger: Ledger, input_root: Path) -> Path:

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from latentsync.data.preprocess.common import (FPS, PipelineOptions, StageResult, link_or_copy,
-                                               output_name, segment_frames)
+from latentsync.constants import MODEL_FPS
+from latentsync.data.preprocess.common import (PipelineOptions, StageResult, link_or_copy, output_name,
+                                               segment_frames)
 from latentsync.data.preprocess.streams import cut_piece, read_layout
 from latentsync.errors import UserError
 from latentsync.video import count_frames
@@ -70,7 +71,7 @@ def segment(input_path: Path, output_dir: Path, options: PipelineOptions) -> Sta
     else:
         bounds = segment_bounds(total, length)
     if not bounds:
-        return StageResult.drop("too_short", f"{total / FPS:.2f} s < {options.segment_seconds:g} s")
+        return StageResult.drop("too_short", f"{total / MODEL_FPS:.2f} s < {options.segment_seconds:g} s")
     outputs, copied = [], 0
     for index, (start, end) in enumerate(bounds):
         out = output_dir / output_name(input_path, f"_{index:03d}")

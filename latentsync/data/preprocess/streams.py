@@ -18,10 +18,9 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
-import av
-
-from latentsync.data.preprocess.common import AUDIO_RATE, FPS, cut_clip
-from latentsync.errors import UserError
+from latentsync.constants import MODEL_FPS, SAMPLE_RATE
+from latentsync.data.preprocess.common import cut_clip
+from latentsync.video import VideoPackets, open_video, read_packets
 
 COPY_VIDEO_CODECS = ("h264", "hevc", "mpeg4")  # what an .mp4 holds and every stage decodes
 COPY_PIXEL_FORMATS = ("yuv420p",)  # what the re-encoded clips have too
@@ -36,7 +35,7 @@ class StreamLayout:
     video_codec: str = ""
     pixel_format: str = ""
     num_frames: int = 0
-    constant_rate: bool = False  # frame i at i / FPS, and nothing before or after
+    constant_rate: bool = False  # frame i at i / MODEL_FPS, and nothing before or after
     starts: frozenset = field(default_factory=frozenset)  # a copy may start at these frames
     splits: frozenset = field(default_factory=frozenset)  # a copy may end at these frames
     audio_codec: str = ""
@@ -52,7 +51,7 @@ class StreamLayout:
     @property
     def audio_conforms(self) -> bool:
         """The audio is already AAC at 16 kHz mono (else it is re-encoded, which is cheap)."""
-        return (self.audio_codec in COPY_AUDIO_CODECS and self.audio_rate == AUDIO_RATE
+        return (self.audio_codec in COPY_AUDIO_CODECS and self.audio_rate == SAMPLE_RATE
                 and self.audio_channels == 1)
 
     def can_copy(self, start: int, end: int) -> bool:
@@ -62,68 +61,28 @@ class StreamLayout:
 
 def read_layout(path: Path) -> StreamLayout:
     """The stream layout of `path` (UserError if it has no readable video stream)."""
-    try:
-        container = av.open(str(path))
-    except av.error.FFmpegError as exc:
-        raise UserError(f"{path}: not a readable video file ({exc})") from None
+    container, video = open_video(path)
     with container:
-        if not container.streams.video:
-            raise UserError(f"{path}: contains no video stream")
-        video = container.streams.video[0]
         layout = StreamLayout(video_codec=video.codec_context.name,
                               pixel_format=str(video.codec_context.pix_fmt or ""))
         if container.streams.audio:
             audio = container.streams.audio[0].codec_context
             layout.audio_codec, layout.audio_rate = audio.name, int(audio.sample_rate or 0)
             layout.audio_channels = int(audio.channels or 0)
-        packets = _video_packets(container, video, path)
-        origin = _origin(container, video)
-    _fill_frames(layout, packets, Fraction(video.time_base), origin)
+        packets = read_packets(container, video, path)
+    _fill_frames(layout, packets)
     return layout
 
 
-def _video_packets(container, stream, path: Path) -> list[tuple[int, int, bool]]:
-    """(pts, duration, is_keyframe) of the video packets in decode order."""
-    packets = []
-    try:
-        for packet in container.demux(stream):
-            if packet.size == 0 or packet.pts is None or packet.is_discard:
-                continue
-            packets.append((packet.pts, packet.duration or 0, bool(packet.is_keyframe)))
-    except av.error.FFmpegError as exc:
-        raise UserError(f"{path}: cannot read the video ({exc})") from None
-    if not packets:
-        raise UserError(f"{path}: the video stream has no frames")
-    return packets
-
-
-def _origin(container, stream) -> Fraction | None:
-    """Seconds (video clock) of the file start, which output frame 0 of a resample starts at."""
-    if container.start_time is None:
-        return None
-    origin = Fraction(container.start_time, av.time_base)
-    if stream.start_time is not None and stream.time_base:
-        own = stream.start_time * Fraction(stream.time_base)
-        if abs(own - origin) <= Fraction(1, av.time_base):  # microsecond rounding
-            origin = own
-    return origin
-
-
-def _fill_frames(layout: StreamLayout, packets: list, time_base: Fraction,
-                 origin: Fraction | None) -> None:
+def _fill_frames(layout: StreamLayout, packets: VideoPackets) -> None:
     """Frame count, constant-rate check, and the cut points of the decode order."""
-    order = sorted(range(len(packets)), key=lambda i: packets[i][0])
-    shown_at = {decode: shown for shown, decode in enumerate(order)}
-    layout.num_frames = len(packets)
-    first = packets[order[0]][0] * time_base
-    origin = first if origin is None else origin
-    times = [packets[i][0] * time_base - origin for i in order]
-    last = packets[order[-1]][1] * time_base or Fraction(1, FPS)
-    on_grid = all(abs(t - Fraction(i, FPS)) <= GRID_TOLERANCE for i, t in enumerate(times))
-    layout.constant_rate = on_grid and math.floor((times[-1] + last) * FPS + Fraction(1, 2)) \
-        == len(times)
-    splits, starts, highest = {0, len(packets)}, set(), -1
-    for decode, (_, _, key) in enumerate(packets):
+    times = packets.times
+    shown_at = {decode: shown for shown, decode in enumerate(packets.order)}
+    layout.num_frames = len(times)
+    on_grid = all(abs(t - Fraction(i, MODEL_FPS)) <= GRID_TOLERANCE for i, t in enumerate(times))
+    layout.constant_rate = on_grid and math.floor(packets.end * MODEL_FPS + Fraction(1, 2)) == len(times)
+    splits, starts, highest = {0, len(times)}, set(), -1
+    for decode, key in enumerate(packets.keyframes):
         if highest == decode - 1:  # packets 0..decode-1 are exactly frames 0..decode-1
             splits.add(decode)
             if key and shown_at[decode] == decode:

@@ -12,16 +12,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from latentsync.data.preprocess.common import (AUDIO_RATE, FPS, PipelineOptions, StageResult,
-                                               face_detector, link_or_copy, run_ffmpeg, syncnet,
-                                               torch_device)
+from latentsync.constants import MODEL_FPS, SAMPLE_RATE
+from latentsync.data.preprocess.common import (PipelineOptions, StageResult, face_detector, link_or_copy,
+                                               syncnet, torch_device)
 from latentsync.errors import UserError
+from latentsync.io import run_ffmpeg
 from latentsync.video import probe_video
 
 FOLDER = "av_synced"
 
 
-def shift_audio(input_path: Path, out_path: Path, offset_frames: int, fps: int = FPS) -> None:
+def shift_audio(input_path: Path, out_path: Path, offset_frames: int, fps: int = MODEL_FPS) -> None:
     """Write `out_path` = `input_path` with its audio delayed by offset_frames / fps seconds
     (negative: advanced), video copied, audio length = video length."""
     duration = probe_video(input_path).duration
@@ -30,7 +31,7 @@ def shift_audio(input_path: Path, out_path: Path, offset_frames: int, fps: int =
         "-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy",
         # samples before t=0 are cut, a late start is filled with silence, the end is padded
         "-af", "aresample=async=1:first_pts=0,apad",
-        "-c:a", "aac", "-ar", str(AUDIO_RATE), "-ac", "1", "-t", f"{duration:.6f}",
+        "-c:a", "aac", "-ar", str(SAMPLE_RATE), "-ac", "1", "-t", f"{duration:.6f}",
         "-movflags", "+faststart", "-f", "mp4",
     ]  # fmt: skip
     run_ffmpeg(args, out_path, f"shift the audio of {input_path} by {offset_frames} frames")
