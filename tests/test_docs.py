@@ -27,8 +27,7 @@ ISSUE_CITATION = re.compile(r"\bissues? #?\d+|(?<![\w&/])#\d{1,4}\b", re.IGNOREC
 ISSUE_SUFFIXES = {".py", ".yaml", ".yml", ".md"}
 # files of other areas that still cite issue numbers, until their owners remove the citations
 # (the test fails once a listed file is clean, so the list only shrinks)
-ISSUE_CITATIONS_LEFT = {"benchmarks/speed.py", "configs/syncnet/learnability.yaml", "configs/unet/learnability.yaml",
-                        "configs/vae/learnability.yaml", "tests/test_decode_region.py", "tests/test_speed_options.py"}
+ISSUE_CITATIONS_LEFT = {"benchmarks/speed.py", "tests/test_decode_region.py", "tests/test_speed_options.py"}
 DOC_REFERENCE = re.compile(r"\bdocs/([A-Za-z0-9_.-]+\.md)\b")
 MARKDOWN_LINK = re.compile(r"\]\(([^)\s#]+)(#[^)\s]*)?\)")
 

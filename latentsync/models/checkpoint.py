@@ -17,7 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from latentsync.errors import UserError
-from latentsync.io import load_torch_file
+from latentsync.io import load_torch_file, read_yaml
 
 logger = logging.getLogger(__name__)
 
@@ -93,9 +93,7 @@ def _report(items: list[str], what: str) -> list[str]:
 def model_section(config) -> dict:
     """The `model:` section of a YAML path, OmegaConf object or dict (or the dict itself)."""
     if isinstance(config, (str, os.PathLike)):
-        if not Path(config).is_file():
-            raise UserError(f"{config}: config file not found")
-        config = OmegaConf.load(config)
+        config = read_yaml(config)
     if not isinstance(config, dict):
         config = OmegaConf.to_container(config, resolve=True)
     return dict(config.get("model", config))

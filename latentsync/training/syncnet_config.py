@@ -8,13 +8,12 @@ from typing import ClassVar, Optional
 import torch
 from omegaconf import MISSING
 
-from latentsync.audio import mel_window_length
+from latentsync.audio import MEL_N_MELS, mel_window_length
 from latentsync.constants import MODEL_FPS, SAMPLE_RATE
 from latentsync.errors import UserError
 from latentsync.models.stable_syncnet import ENCODER_KEYS, StableSyncNet
 from latentsync.training.config import CkptSection, DataSection, RunSection, TrainingConfig
 
-MEL_BINS = 80
 DEFAULT_TEMPERATURE = 0.1  # run.contrastive_temperature: cosines in [0, 1] become logits in [0, 10]
 
 
@@ -74,7 +73,7 @@ def check_syncnet_input(model_config, num_frames: int, resolution: int, lower_ha
     embeddings differ in shape (a meta-device forward pass: no memory, no weights)."""
     height = resolution // 2 if lower_half else resolution
     frames = (1, 3 * num_frames, height, resolution)
-    mel = (1, 1, MEL_BINS, mel_window_length(num_frames, fps))
+    mel = (1, 1, MEL_N_MELS, mel_window_length(num_frames, fps))
     try:
         with torch.device("meta"):
             vision, audio = StableSyncNet.from_config(model_config)(torch.zeros(frames), torch.zeros(mel))

@@ -13,6 +13,7 @@ from typing import Any, ClassVar, Dict, List, Optional
 import torch
 from omegaconf import MISSING, OmegaConf
 
+from latentsync.audio import AUDIO_FEAT_LENGTH
 from latentsync.checkpoints import default_path
 from latentsync.constants import MODEL_FPS, SAMPLE_RATE
 from latentsync.data.syncnet_dataset import videos_from_config
@@ -27,7 +28,7 @@ from latentsync.training.options import TrainOptions
 from latentsync.training.syncnet_config import SyncNetConfig, check_syncnet_input
 from latentsync.training.unet_step import StepSettings
 
-SUPPORTED_FEAT_LENGTH = [2, 2]
+SUPPORTED_FEAT_LENGTH = list(AUDIO_FEAT_LENGTH)  # the audio chunking supports only this one
 # keys of the official 1.0 configs' model section that the UNet does not take (diffusers ignores them)
 IGNORED_MODEL_KEYS = ("custom_audio_layer", "audio_condition_method", "unet_use_cross_frame_attention",
                       "unet_use_temporal_attention")
