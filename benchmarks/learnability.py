@@ -52,6 +52,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--whisper_path", default=None,
                         help=f"Whisper checkpoint (default: {REAL_WHISPER.relative_to(REPO)} if present, "
                              "else a seeded random Whisper-tiny encoder)")
+    parser.add_argument("--seed", type=int, default=SEED,
+                        help=f"seed of the corpus, the stand-in Whisper, every trainer and the dubs (default {SEED}: "
+                             "the trainers keep their configs' run.seed)")
     args = parser.parse_args(argv)
     for flag in ("threads", "jobs"):
         if getattr(args, flag) < 1:
@@ -61,9 +64,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 # -- steps ---------------------------------------------------------------------------------------
 
-def make_corpus(plan: Plan, layout: Layout, workers: int) -> dict:
+def make_corpus(plan: Plan, layout: Layout, workers: int, seed: int) -> dict:
     run_module("scripts.make_synthetic_corpus", [
-        "--output_dir", layout.corpus, "--num_clips", plan.num_clips, "--seed", SEED,
+        "--output_dir", layout.corpus, "--num_clips", plan.num_clips, "--seed", seed,
         "--heldout_fraction", plan.heldout_fraction, "--min_seconds", plan.min_seconds, "--size", plan.size,
         "--workers", workers, "--no_progress"], layout.logs / "corpus.log", 1)
     return {}
@@ -87,7 +90,7 @@ STAND_IN_CONV_GAIN = 4.0
 STAND_IN_KIND = "stand-in (seeded random Whisper-tiny, no positional embedding, input convolutions x4)"
 
 
-def make_whisper(layout: Layout, given: str | None) -> dict:
+def make_whisper(layout: Layout, given: str | None, seed: int) -> dict:
     """The Whisper checkpoint path: the given or real one, else a stand-in: a seeded random
     Whisper-tiny whose encoder has no positional embedding and input convolutions STAND_IN_CONV_GAIN
     times stronger. Plain random weights give features that are 80 % the sinusoidal positional
@@ -101,7 +104,7 @@ def make_whisper(layout: Layout, given: str | None) -> dict:
 
     from latentsync.io import atomic_save_torch
 
-    torch.manual_seed(SEED)
+    torch.manual_seed(seed)
     model = whisper.model.Whisper(whisper.model.ModelDimensions(**WHISPER_TINY_DIMS))
     with torch.no_grad():  # let the speech, not the time stamp, dominate the features (docstring)
         model.encoder.positional_embedding.zero_()
@@ -129,6 +132,11 @@ def train(layout: Layout, module: str, config_flag: str, config: Path, name: str
     return dict(checkpoint=str(final))
 
 
+def seed_overrides(seed: int) -> list[str]:
+    """Trainer overrides for a run at another seed than the default (which keeps each config's run.seed)."""
+    return [] if seed == SEED else [f"run.seed={seed}"]
+
+
 def data_overrides(layout: Layout) -> list[str]:
     return [f"data.train_data_dir={layout.clips('train')}", f"data.audio_mel_cache_dir={layout.cache / 'mel'}"]
 
@@ -144,20 +152,20 @@ def unet_overrides(layout: Layout, plan: Plan, whisper: str) -> list[str]:
             *plan.unet_overrides]
 
 
-def evaluate_syncnet(layout: Layout, plan: Plan) -> dict:
+def evaluate_syncnet(layout: Layout, plan: Plan, seed: int) -> dict:
     from benchmarks.learnability_parts.scoring import syncnet_accuracy
     from latentsync.io import read_yaml
     from latentsync.models import load_syncnet
 
     model = load_syncnet(layout.syncnet_config, syncnet_ckpt(layout, plan), device="cpu").eval()
     result = syncnet_accuracy(model, read_yaml(layout.syncnet_config), layout.clips("heldout"),
-                              plan.syncnet_eval_samples, SEED)
+                              plan.syncnet_eval_samples, seed)
     print(f"    held-out SyncNet accuracy {result['accuracy']:.3f} (in sync {result['in_sync_accuracy']:.3f}, "
           f"shifted {result['shifted_accuracy']:.3f}, {result['samples']} samples)", flush=True)
     return result
 
 
-def dub_all(layout: Layout, plan: Plan, whisper: str, jobs: int) -> dict:
+def dub_all(layout: Layout, plan: Plan, whisper: str, jobs: int, seed: int) -> dict:
     """Every held-out clip's dubs, `jobs` clips at a time (each worker thread with its own pipeline;
     the pipelines are loaded first, one after the other: model loading is not thread-safe)."""
     import queue
@@ -169,7 +177,7 @@ def dub_all(layout: Layout, plan: Plan, whisper: str, jobs: int) -> dict:
     from latentsync.synthetic.corpus import read_manifest
 
     stage2 = layout.run_dir("unet_stage2")
-    options = LipsyncOptions(inference_steps=plan.inference_steps, seed=SEED, show_progress=False)
+    options = LipsyncOptions(inference_steps=plan.inference_steps, seed=seed, show_progress=False)
     pairs = dubbing.dub_pairs(read_manifest(layout.corpus), plan.max_dubs)
     pipelines = queue.SimpleQueue()
     for _ in range(min(jobs, len(pairs))):
@@ -250,24 +258,24 @@ def run(args: argparse.Namespace) -> dict:
     layout.root.mkdir(parents=True, exist_ok=True)
     steps = Steps(layout.root, total=11, jobs=args.jobs)
     t, alone = args.threads, args.threads * args.jobs
-    steps.run("corpus", lambda: make_corpus(plan, layout, args.jobs))
+    steps.run("corpus", lambda: make_corpus(plan, layout, args.jobs, args.seed))
     for split in SPLITS:  # each split with `jobs` worker processes (the splits differ 4x in size)
         steps.run(f"data_{split}", lambda: run_data_pipeline(plan, layout, split, args.jobs))
-    whisper = steps.run("whisper", lambda: make_whisper(layout, args.whisper_path))
-    base = unet_overrides(layout, plan, whisper["path"])
+    whisper = steps.run("whisper", lambda: make_whisper(layout, args.whisper_path, args.seed))
+    base = [*unet_overrides(layout, plan, whisper["path"]), *seed_overrides(args.seed)]
     results = {}
 
     def syncnet_chain():  # the SyncNet needs only the data ...
         steps.run("syncnet", lambda: train(layout, "scripts.train_syncnet", "--config_path", SYNCNET_CONFIG,
                                            "syncnet", plan.syncnet_steps,
                                            [*data_overrides(layout), f"data.val_data_dir={layout.clips('heldout')}",
-                                            *plan.syncnet_overrides], t))
-        results["accuracy"] = steps.run("syncnet_eval", lambda: evaluate_syncnet(layout, plan))
+                                            *plan.syncnet_overrides, *seed_overrides(args.seed)], t))
+        results["accuracy"] = steps.run("syncnet_eval", lambda: evaluate_syncnet(layout, plan, args.seed))
 
     def unet_chain():  # ... and the UNet's first stage only the VAE: they train side by side
         steps.run("vae", lambda: train(layout, "scripts.train_vae", "--config_path", VAE_CONFIG, "vae",
                                        plan.vae_steps, [f"data.train_data_dir={layout.clips('train')}",
-                                                        *plan.vae_overrides], t))
+                                                        *plan.vae_overrides, *seed_overrides(args.seed)], t))
         steps.run("unet_stage1", lambda: train(layout, "scripts.train_unet", "--unet_config_path", UNET_CONFIG,
                                                "unet_stage1", plan.stage1_steps, [*base, *plan.stage1_overrides], t))
 
@@ -277,9 +285,9 @@ def run(args: argparse.Namespace) -> dict:
               f"ckpt.resume_ckpt_path={layout.checkpoint('unet_stage1', plan.stage1_steps)}"]
     steps.run("unet_stage2", lambda: train(layout, "scripts.train_unet", "--unet_config_path", UNET_CONFIG,
                                            "unet_stage2", plan.stage1_steps + plan.stage2_steps, stage2, alone))
-    dubs = steps.run("dubs", lambda: dub_all(layout, plan, whisper["path"], args.jobs))
+    dubs = steps.run("dubs", lambda: dub_all(layout, plan, whisper["path"], args.jobs, args.seed))
     scores = steps.run("score", lambda: score_all(layout, plan, dubs["frames"]))
-    extra = dict(whisper=whisper["kind"], cpu_minutes=round(steps.total_cpu_seconds() / 60, 2),
+    extra = dict(whisper=whisper["kind"], seed=args.seed, cpu_minutes=round(steps.total_cpu_seconds() / 60, 2),
                  steps={k: v["seconds"] for k, v in steps.done.items()})
     summary = summarise(plan.name, accuracy, scores["clips"], steps.total_seconds(), steps.peak_kb(), extra)
     command = "python -m benchmarks.learnability " + " ".join(shlex.quote(a) for a in sys.argv[1:])

@@ -16,13 +16,15 @@ import pytest
 
 from benchmarks.learnability_parts import scoring
 from benchmarks.learnability_parts.dubbing import EXCERPT_LEAD_FRAMES, dub_pairs, speech_start
-from benchmarks.learnability_parts.report import QUICK_TARGETS, check_targets
+from benchmarks.learnability_parts.report import MOUTH_METRICS, QUICK_TARGETS, check_targets
 from benchmarks.learnability_parts.steps import PARTIAL_KEY, STEPS_FILE, Steps, StepFailed, run_module
 from conftest import REPO
+from latentsync.eval.mouth import correlation
 
 SUMMARY_KEYS = ("syncnet_heldout_accuracy", "dub_mouth_correlation", "zero_audio_mouth_correlation",
                 "other_audio_mouth_correlation", "input_mouth_correlation", "dub_lse_c", "truth_lse_c",
-                "dub_mouth_ssim", "minutes", "peak_rss_gb")
+                "dub_mouth_ssim", "minutes", "peak_rss_gb", "seed", "whisper",
+                *(f"{v}_{m}" for v in ("dub", "zero_audio", "other_audio", "input") for m in MOUTH_METRICS))
 
 
 def run_benchmark(work_dir) -> subprocess.CompletedProcess:
@@ -97,9 +99,9 @@ def test_correlation_ignores_missing_faces_and_constant_series():
     truth = np.sin(np.linspace(0, 6, 50))
     measured = truth * 2 + 1
     measured[[3, 7]] = np.nan
-    assert scoring.correlation(measured, truth) == pytest.approx(1.0)
-    assert scoring.correlation(-measured, truth) == pytest.approx(-1.0)
-    assert scoring.correlation(np.ones(50), truth) == 0.0
+    assert correlation(measured, truth) == pytest.approx(1.0)
+    assert correlation(-measured, truth) == pytest.approx(-1.0)
+    assert correlation(np.ones(50), truth) == 0.0
 
 
 def test_dub_pairs_use_three_different_heldout_sentences():
@@ -147,6 +149,10 @@ def test_quick_run_learns_lip_sync(quick_run):
     assert margin >= QUICK_TARGETS["correlation_margin"]
     # the truth rendering is measured with the same landmarks: it must follow its own track
     assert summary["truth_mouth_correlation"] > 0.7
+    # ... and is its own reference for the open and texture ratios
+    assert summary["truth_open_ratio"] == pytest.approx(1.0) and summary["truth_texture_ratio"] == pytest.approx(1.0)
+    # the unchanged input is the source clip itself: its leak is its own measured track against the truth
+    assert summary["input_leak_correlation"] > 0.7
     for name in ("learnability.md", "losses.png", "clips.png", "opening.png"):
         assert (work / "report" / name).stat().st_size > 0
 

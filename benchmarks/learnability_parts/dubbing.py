@@ -30,6 +30,7 @@ VARIANTS = ("dub", "input", "zero_audio", "other_audio", "truth")
 EXCERPT_LEAD_FRAMES = 2
 OPENING_THRESHOLD = 0.05  # truth opening above which the lips count as open
 TRUTH_TRACK = "truth.mouth.csv"  # the new sentence's truth track as the dub's output frames follow it
+SOURCE_TRACK = "source.mouth.csv"  # the source clip's own track under the same output frames (for the leak)
 MODEL_VARIANTS = {"dub": "speech.wav", "zero_audio": "zero.wav", "other_audio": "other.wav"}
 
 
@@ -71,11 +72,11 @@ def _fit(samples: np.ndarray, n: int) -> np.ndarray:
 def prepare_inputs(corpus: Path, folder: Path, clip: dict, new: dict, third: dict, max_frames: int = 0) -> int:
     """speech.wav (new sentence cut to the clip; if `max_frames` is not 0, an excerpt of that many
     frames from just before its first opening, speech_start), zero.wav, other.wav (third sentence,
-    same length), the truth track of the output frames (TRUTH_TRACK) and its rendering truth.mp4 in
-    `folder`; returns the number of output frames."""
+    same length), the truth track of the output frames (TRUTH_TRACK) and its rendering truth.mp4, and
+    the source clip's own track (SOURCE_TRACK) in `folder`; returns the number of output frames."""
     from latentsync.audio import load_audio
     from latentsync.synthetic.corpus import rerender
-    from latentsync.synthetic.visemes import fit_track, write_track_csv
+    from latentsync.synthetic.visemes import fit_track, read_track_csv, write_track_csv
     from latentsync.video import write_audio_wav
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -91,6 +92,8 @@ def prepare_inputs(corpus: Path, folder: Path, clip: dict, new: dict, third: dic
     track = fit_track(new_track, n_out)
     if not (folder / TRUTH_TRACK).exists():
         write_track_csv(folder / TRUTH_TRACK, track)
+    if not (folder / SOURCE_TRACK).exists():  # the dub shows the clip from its first frame on
+        write_track_csv(folder / SOURCE_TRACK, fit_track(read_track_csv(corpus / clip["mouth"]), n_out))
     if not (folder / "truth.mp4").exists():
         rerender(corpus, clip, track, folder / "truth.mp4")
     return n_out
@@ -122,37 +125,53 @@ def read_all(path: Path, limit: int) -> np.ndarray:
 
 @dataclass
 class Truth:
-    """What every variant of one dub is scored against: the new sentence's mouth-opening track and
-    speech, and the truth rendering's frames with their mouth boxes."""
+    """What every variant of one dub is scored against: the new sentence's mouth-opening track,
+    speech and speech frames, the truth rendering's frames with their mouth track (boxes, measured
+    opening and texture), and the source clip's own opening track."""
 
     track: np.ndarray
     speech: np.ndarray
+    speaking: np.ndarray
     frames: np.ndarray
-    boxes: list
+    mouth: object  # latentsync.eval.mouth.MouthTrack of `frames`
+    source_track: np.ndarray
+
+    @property
+    def boxes(self) -> list:
+        return self.mouth.boxes
 
 
 def load_truth(folder: Path, n_out: int, detector) -> Truth:
     """The Truth of the dub in `folder` (made by prepare_inputs)."""
-    from benchmarks.learnability_parts import scoring
     from latentsync.audio import load_audio
+    from latentsync.eval.mouth import measure_mouth_track
     from latentsync.synthetic.visemes import OPEN, read_track_csv
+    from latentsync.vad import speech_frames
 
     frames = read_all(folder / "truth.mp4", n_out)
-    return Truth(track=read_track_csv(folder / TRUTH_TRACK)[:n_out, OPEN],
-                 speech=load_audio(folder / "speech.wav"), frames=frames, boxes=scoring.mouth_boxes(frames, detector))
+    speech = load_audio(folder / "speech.wav")
+    return Truth(track=read_track_csv(folder / TRUTH_TRACK)[:n_out, OPEN], speech=speech,
+                 speaking=speech_frames(speech, MODEL_FPS, n_out), frames=frames,
+                 mouth=measure_mouth_track(frames, detector),
+                 source_track=read_track_csv(folder / SOURCE_TRACK)[:n_out, OPEN])
 
 
 def score_video(path: Path, truth: Truth, syncnet, syncnet_config, detector) -> dict:
-    """Mouth-opening correlation, LSE-C / LSE-D / offset and mouth SSIM / PSNR of one video."""
+    """Mouth-opening correlation, LSE-C / LSE-D / offset, mouth SSIM / PSNR, open ratio, texture
+    ratio and leak correlation of one video."""
     from benchmarks.learnability_parts import scoring
+    from latentsync.eval.mouth import correlation, leak_correlation, open_ratio, texture_ratio
 
     frames = read_all(path, len(truth.track))
-    opening, faces = scoring.face_pass(frames, int(syncnet_config["data"]["resolution"]), detector)
+    mouth, faces = scoring.face_pass(frames, int(syncnet_config["data"]["resolution"]), detector)
     sync = scoring.sync_scores(syncnet, faces, truth.speech, syncnet_config)
     ssim, psnr = scoring.mouth_similarity(frames, truth.frames, truth.boxes)
-    return dict(mouth_correlation=scoring.correlation(opening, truth.track), lse_c=sync["lse_c"],
+    return dict(mouth_correlation=correlation(mouth.opening, truth.track), lse_c=sync["lse_c"],
                 lse_d=sync["lse_d"], offset=sync["offset"], mouth_ssim=ssim, mouth_psnr=psnr,
-                opening=[None if not np.isfinite(x) else round(float(x), 4) for x in opening])
+                open_ratio=open_ratio(mouth.opening, truth.mouth.opening, truth.speaking),
+                texture_ratio=texture_ratio(mouth.texture, truth.mouth.texture),
+                leak_correlation=leak_correlation(mouth.opening, truth.source_track),
+                opening=[None if not np.isfinite(x) else round(float(x), 4) for x in mouth.opening])
 
 
 def score_clip(corpus: Path, folder: Path, clip: dict, new: dict, n_out: int, syncnet, syncnet_config,

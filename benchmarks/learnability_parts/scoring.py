@@ -8,6 +8,9 @@
   averaged over windows; LSE-D = the smallest mean distance, LSE-C = median minus smallest,
   offset = the shift of the smallest (> 0: audio early);
 * SSIM / PSNR of the mouth region against the truth rendering (box from the truth frame's lips);
+* open ratio, texture ratio and leak correlation (latentsync/eval/mouth.py): the mouth's mean
+  opening over speech frames and its texture against the truth rendering's, and the correlation
+  of its opening with the source clip's own mouth track;
 * held-out SyncNet accuracy on balanced in-sync / shifted samples.
 """
 
@@ -21,40 +24,27 @@ import torch
 from latentsync.constants import MODEL_FPS, SAMPLE_RATE
 
 VSHIFT = 8  # frames of audio shift searched, as many as the data pipeline's sync stage allows
-MOUTH_BOX = (0.8, 0.6)  # half width, half height of the mouth box in mouth-corner distances
-UPPER_LIP, LOWER_LIP, MOUTH_CORNERS = 13, 14, (61, 291)
 
 
-def correlation(measured: np.ndarray, truth: np.ndarray) -> float:
-    """Pearson correlation over frames where `measured` is finite (0 when either is constant)."""
-    n = min(len(measured), len(truth))
-    a, b = np.asarray(measured[:n], float), np.asarray(truth[:n], float)
-    keep = np.isfinite(a) & np.isfinite(b)
-    a, b = a[keep], b[keep]
-    if len(a) < 3 or a.std() < 1e-9 or b.std() < 1e-9:
-        return 0.0
-    return float(np.corrcoef(a, b)[0, 1])
-
-
-def face_pass(frames: np.ndarray, resolution: int, detector) -> tuple[np.ndarray, np.ndarray]:
-    """One MediaPipe detection per frame gives both (a) the mouth opening of the largest face
-    (latentsync/synthetic/measure.py; NaN without a face) and (b) the face aligned as the data
-    pipeline's stage 6 aligns it (uint8 [n, res, res, 3]; a frame without a face repeats the
-    previous face)."""
+def face_pass(frames: np.ndarray, resolution: int, detector) -> tuple:
+    """One MediaPipe detection per frame gives both (a) the mouth track of the largest face
+    (latentsync/eval/mouth.py MouthTrack: opening, mouth box and its texture; NaN / None without a
+    face) and (b) the face aligned as the data pipeline's stage 6 aligns it (uint8 [n, res, res, 3];
+    a frame without a face repeats the previous face)."""
+    from latentsync.eval.mouth import MouthTrack, mouth_of
     from latentsync.face.alignment import AlignRestore
-    from latentsync.synthetic.measure import mouth_from_landmarks
 
     aligner = AlignRestore(resolution)
     aligner.reset()
-    opening, faces, last = [], [], np.zeros((resolution, resolution, 3), np.uint8)
+    measures, faces, last = [], [], np.zeros((resolution, resolution, 3), np.uint8)
     for frame in frames:
         found = detector.detect(np.ascontiguousarray(frame))
         face = max(found, key=lambda f: f.area) if found else None
         if face is not None:
             last = aligner.align(frame, face.points)[0]
-        opening.append(np.nan if face is None else mouth_from_landmarks(face.landmarks)[0])
+        measures.append(mouth_of(frame, face))
         faces.append(last)
-    return np.array(opening, np.float64), np.stack(faces)
+    return MouthTrack.of(measures), np.stack(faces)
 
 
 @torch.no_grad()
@@ -89,25 +79,6 @@ def sync_scores(syncnet, faces: np.ndarray, wav: np.ndarray, config, batch: int 
     dists = torch.stack(dists)
     best = int(torch.argmin(dists))
     return dict(lse_d=float(dists[best]), lse_c=float(torch.median(dists) - dists[best]), offset=best - VSHIFT)
-
-
-def mouth_boxes(frames: np.ndarray, detector) -> list:
-    """Per frame the mouth box (x1, y1, x2, y2) from the lips' landmarks, or None."""
-    boxes = []
-    for frame in frames:
-        faces = detector.detect(frame)
-        if not faces or faces[0].landmarks is None:
-            boxes.append(None)
-            continue
-        points = max(faces, key=lambda f: f.area).landmarks
-        width = float(np.linalg.norm(points[MOUTH_CORNERS[0]] - points[MOUTH_CORNERS[1]]))
-        centre = (points[UPPER_LIP] + points[LOWER_LIP]) / 2
-        half = np.array(MOUTH_BOX) * width
-        x1, y1 = np.floor(centre - half).astype(int)
-        x2, y2 = np.ceil(centre + half).astype(int)
-        h, w = frame.shape[:2]
-        boxes.append((max(x1, 0), max(y1, 0), min(x2, w), min(y2, h)))
-    return boxes
 
 
 def mouth_similarity(frames: np.ndarray, truth: np.ndarray, boxes: list) -> tuple[float, float]:

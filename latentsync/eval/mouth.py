@@ -35,6 +35,12 @@ class MouthTrack:
     boxes: list
     texture: np.ndarray
 
+    @classmethod
+    def of(cls, measures: list[tuple[float, tuple | None, float]]) -> "MouthTrack":
+        """From per-frame `mouth_of` results."""
+        return cls(np.array([m[0] for m in measures], np.float64).reshape(-1), [m[1] for m in measures],
+                   np.array([m[2] for m in measures], np.float64).reshape(-1))
+
 
 def mouth_box(landmarks: np.ndarray, height: int, width: int) -> tuple[int, int, int, int]:
     """The mouth box of one face's FaceMesh points, clipped to the frame."""
@@ -55,6 +61,15 @@ def texture_energy(frame: np.ndarray, box: tuple[int, int, int, int] | None) -> 
     return float(cv2.Laplacian(grey.astype(np.float64), cv2.CV_64F).var())
 
 
+def mouth_of(frame: np.ndarray, face) -> tuple[float, tuple | None, float]:
+    """(opening, mouth box, texture) of one detected face (a latentsync.face Face with FaceMesh
+    landmarks) in its uint8 RGB frame; (NaN, None, NaN) for no face."""
+    if face is None or face.landmarks is None:
+        return float("nan"), None, float("nan")
+    box = mouth_box(face.landmarks, *frame.shape[:2])
+    return mouth_from_landmarks(face.landmarks)[0], box, texture_energy(frame, box)
+
+
 def measure_mouth_track(frames: Iterable[np.ndarray], detector=None) -> MouthTrack:
     """One FaceMesh pass over uint8 RGB frames (the largest face of each) -> MouthTrack.
     `detector`: a MediaPipeDetector (default: a new one, closed afterwards)."""
@@ -62,22 +77,15 @@ def measure_mouth_track(frames: Iterable[np.ndarray], detector=None) -> MouthTra
 
     own = detector is None
     detector = MediaPipeDetector(max_num_faces=1) if own else detector
-    opening, boxes, texture = [], [], []
+    measures = []
     try:
         for frame in frames:
             faces = detector.detect(np.ascontiguousarray(frame))
-            face = max(faces, key=lambda f: f.area) if faces else None
-            if face is None or face.landmarks is None:
-                opening.append(np.nan)
-                boxes.append(None)
-            else:
-                opening.append(mouth_from_landmarks(face.landmarks)[0])
-                boxes.append(mouth_box(face.landmarks, *frame.shape[:2]))
-            texture.append(texture_energy(frame, boxes[-1]))
+            measures.append(mouth_of(frame, max(faces, key=lambda f: f.area) if faces else None))
     finally:
         if own:
             detector.close()
-    return MouthTrack(np.array(opening, np.float64), boxes, np.array(texture, np.float64))
+    return MouthTrack.of(measures)
 
 
 def _aligned(*tracks: np.ndarray) -> list[np.ndarray]:
