@@ -84,8 +84,10 @@ def free_port() -> int:
 
 
 def start_server(tiny, jobs_dir, port, log):
+    from scripts.make_tiny_checkpoints import inference_flags
+
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    process = subprocess.Popen([sys.executable, "-m", "latentsync.server", "--checkpoints_dir", tiny, "--jobs_dir",
+    process = subprocess.Popen([sys.executable, "-m", "latentsync.server", *inference_flags(tiny), "--jobs_dir",
                                 jobs_dir, "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"],
                                cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
