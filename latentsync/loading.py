@@ -240,9 +240,17 @@ def load_vae(vae_path, device, dtype):
     return torch.nn.Module.to(vae.eval(), device=device, dtype=dtype)
 
 
-def load_components(files: ModelFiles, device=None, dtype=None, face_backend: str | None = None) -> dict:
+WEIGHT_PARTS = ("unet", "audio_encoder", "vae")  # the pipeline parts that are loaded from weight files
+
+
+def load_components(files: ModelFiles, device=None, dtype=None, face_backend: str | None = None, **loaded) -> dict:
     """The keyword arguments of LipsyncPipeline(...) built from `files` (checked first); the face
-    detector is `face_backend` (None: DEFAULT_FACE_BACKEND) with its models from files.checkpoints_dir."""
+    detector is `face_backend` (None: DEFAULT_FACE_BACKEND) with its models from files.checkpoints_dir.
+
+    `loaded`: parts already in memory (unet, audio_encoder, vae; e.g. the in-training UNet of a
+    validation run) used instead of loading them; when all three are given only the UNet config
+    (scheduler, resolution, mask) is read from `files`.
+    """
     import torch
 
     from latentsync.audio import AudioEncoder
@@ -251,13 +259,18 @@ def load_components(files: ModelFiles, device=None, dtype=None, face_backend: st
     from latentsync.models.checkpoint import load_unet
     from latentsync.schedulers import make_scheduler, unet_prediction_type
 
-    files = files.check()
+    unknown = sorted(set(loaded) - set(WEIGHT_PARTS))
+    if unknown:
+        raise TypeError(f"load_components: {unknown[0]!r} is not one of {', '.join(WEIGHT_PARTS)}")
+    if set(loaded) != set(WEIGHT_PARTS):
+        files = files.check()
     config = read_yaml(files.unet_config)
     device = pick_device(device)
     dtype = dtype if isinstance(dtype, torch.dtype) else pick_dtype(dtype, device)
-    return dict(unet=load_unet(config, files.unet_ckpt, device=device, dtype=dtype),
-                audio_encoder=AudioEncoder(files.whisper, device=device),
-                vae=load_vae(files.vae, device, dtype),
+    build = dict(unet=lambda: load_unet(config, files.unet_ckpt, device=device, dtype=dtype),
+                 audio_encoder=lambda: AudioEncoder(files.whisper, device=device),
+                 vae=lambda: load_vae(files.vae, device, dtype))
+    return dict({name: loaded[name] if name in loaded else make() for name, make in build.items()},
                 scheduler=make_scheduler(prediction_type=unet_prediction_type(config, str(files.unet_config))),
                 face_detector=make_face_detector(face_backend or DEFAULT_FACE_BACKEND, files.checkpoints_dir, device),
                 resolution=config_resolution(config, files.unet_config),

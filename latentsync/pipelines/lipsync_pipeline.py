@@ -238,11 +238,12 @@ class LipsyncPipeline(DiffusionPipeline):
         return cls.from_files(files, device=device, dtype=dtype, face_backend=face_backend)
 
     @classmethod
-    def from_files(cls, files: loading.ModelFiles, device=None, dtype=None,
-                   face_backend: str | None = None) -> "LipsyncPipeline":
+    def from_files(cls, files: loading.ModelFiles, device=None, dtype=None, face_backend: str | None = None,
+                   **loaded) -> "LipsyncPipeline":
         """Everything inference needs, loaded from `files` (checked first: a UserError names a missing
-        file and where to get it); `face_backend` None: the default detector."""
-        return cls(**loading.load_components(files, device, dtype, face_backend))
+        file and where to get it); `face_backend` None: the default detector. `loaded` (unet,
+        audio_encoder, vae) are parts already in memory, used instead of loading them."""
+        return cls(**loading.load_components(files, device, dtype, face_backend, **loaded))
 
     # -- the algorithm -------------------------------------------------------------------------
 

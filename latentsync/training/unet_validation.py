@@ -8,9 +8,8 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from latentsync.face.detectors import make_face_detector
-from latentsync.face.mask import resolve_mask
-from latentsync.training.pipeline_parts import LipsyncOptions, LipsyncPipeline, make_scheduler
+from latentsync.loading import ModelFiles
+from latentsync.training.pipeline_parts import LipsyncOptions, LipsyncPipeline
 
 logger = logging.getLogger(__name__)
 
@@ -48,13 +47,11 @@ class Validator:
         return out, self.sync_confidence(out)
 
     def get_pipeline(self, unet) -> LipsyncPipeline:
-        if self.pipeline is None:
-            self.pipeline = LipsyncPipeline(
-                vae=self.vae, unet=unet, audio_encoder=self.encoder,
-                scheduler=make_scheduler(prediction_type=self.config.run.get("prediction_type")),
-                face_detector=make_face_detector(str(self.config.run.get("face_backend", SYNC_DETECTOR))),
-                resolution=int(self.config.data.resolution),
-                mask_path=resolve_mask(self.config.data.get("mask_image_path")))
+        if self.pipeline is None:  # the run's config as used (config.yaml) with the models in memory
+            self.pipeline = LipsyncPipeline.from_files(
+                ModelFiles(unet_config=self.run_dir / "config.yaml"), device=self.device,
+                face_backend=str(self.config.run.get("face_backend", SYNC_DETECTOR)),
+                unet=unet, vae=self.vae, audio_encoder=self.encoder)
         return self.pipeline
 
     def sync_confidence(self, video: Path) -> float | None:
