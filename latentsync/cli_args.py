@@ -9,13 +9,13 @@ A field says how it appears on the command line with `setting(...)` (or any fiel
 has the same keys, such as `LipsyncOptions`' `option(...)`):
 
     @dataclass
-    class ServerSettings:
+    class Settings:
         port: int = setting(8000, "port to listen on")
-        dtype: str | None = setting(None, "default: fp16 on CUDA", choices=("fp32", "fp16", "bf16"))
+        scheduler: str = setting("ddim", "sampler", choices=("ddim", "dpmpp"))
 
     parser = argparse.ArgumentParser()
-    add_arguments(parser, ServerSettings)
-    settings = from_args(ServerSettings, parser.parse_args())
+    add_arguments(parser, Settings)
+    settings = from_args(Settings, parser.parse_args())
 
 A field without a default becomes a required flag; `bool` fields are `store_true` switches; a
 tuple field takes as many values as its `metavar` names. `flags` adds other spellings (older

@@ -334,3 +334,25 @@ def test_demo_clips_are_the_default_examples():
     import gradio_app
 
     assert Path(gradio_app.parse_args([]).examples_dir) == MEDIA
+
+
+def test_flags_are_the_settings_fields_with_their_defaults():
+    import gradio_app
+
+    assert gradio_app.parse_args([]) == AppSettings()
+    given = gradio_app.parse_args(["--host", "0.0.0.0", "--port", "1", "--share", "--checkpoints_dir", "ck",
+                                   "--unet_config_path", "u.yaml", "--device", "cpu", "--dtype", "fp16",
+                                   "--face_backend", "face_alignment", "--output_dir", "o", "--examples_dir", "e",
+                                   "--max_upload_mb", "2", "--max_duration_s", "3", "--min_steps", "4",
+                                   "--max_queue", "5"])
+    assert (given.host, given.port, given.share, given.checkpoints_dir, given.unet_config_path) == \
+        ("0.0.0.0", 1, True, "ck", "u.yaml")
+    assert (given.device, given.dtype, given.face_backend, given.output_dir, given.examples_dir) == \
+        ("cpu", "fp16", "face_alignment", "o", "e")
+    assert (given.max_upload_mb, given.max_duration_s, given.min_steps, given.max_queue) == (2.0, 3.0, 4, 5)
+    from latentsync.server.settings import ServerSettings
+
+    server = ServerSettings(checkpoints_dir="ck", jobs_dir="j")
+    assert (server.max_upload_mb, server.max_duration_s) == (AppSettings().max_upload_mb, AppSettings().max_duration_s)
+    with pytest.raises(UserError, match="--min_steps 0"):
+        AppSettings(min_steps=0).check()
