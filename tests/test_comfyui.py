@@ -18,7 +18,8 @@ SPEECH_S = 0.61  # 31 frames at 50 fps (the pipeline writes 32; the node returns
 def test_package_imports_without_comfyui():
     # ComfyUI made absent in the child (a None entry in sys.modules makes `import comfy` fail),
     # whether or not it is installed here
-    code = ("import sys; sys.modules.update(dict.fromkeys(['comfy', 'comfy.utils', 'comfy.model_management'])); "
+    code = ("import sys; "
+            "sys.modules.update(dict.fromkeys(['comfy', 'comfy.utils', 'comfy.model_management'])); "
             "import comfyui_latentsync as c; from comfyui_latentsync.nodes import _comfy_progress; "
             "assert _comfy_progress() is None; "
             "assert set(c.NODE_CLASS_MAPPINGS) == set(c.NODE_DISPLAY_NAME_MAPPINGS) == {'LatentSyncLoader', 'LatentSyncDub'}; "

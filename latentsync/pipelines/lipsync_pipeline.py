@@ -230,9 +230,10 @@ class LipsyncPipeline(DiffusionPipeline):
 
     @classmethod
     def from_checkpoints(cls, unet_config_path, inference_ckpt_path, whisper_ckpt_path=None,
-                         vae_path=loading.DEFAULT_VAE, device=None, dtype=None, face_backend: str | None = None,
+                         vae_path=None, device=None, dtype=None, face_backend: str | None = None,
                          checkpoints_dir: str | os.PathLike | None = None) -> "LipsyncPipeline":
-        """`from_files` with the files given one by one (whisper_ckpt_path None: picked by the UNet's width)."""
+        """`from_files` with the files given one by one (whisper_ckpt_path None: picked by the UNet's
+        width; vae_path None: the VAE folder under checkpoints_dir)."""
         files = loading.ModelFiles.in_folder(checkpoints_dir, unet_config=unet_config_path,
                                              unet_ckpt=inference_ckpt_path, whisper=whisper_ckpt_path, vae=vae_path)
         return cls.from_files(files, device=device, dtype=dtype, face_backend=face_backend)
