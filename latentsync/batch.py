@@ -18,8 +18,8 @@ from pathlib import Path
 
 from latentsync.cli_args import from_args
 from latentsync.errors import EXIT_USER_ERROR, UserError
-from latentsync.loading import ModelSettings
 from latentsync.jobs import PipelineSpec, job_options, load_pipeline, run_dub
+from latentsync.loading import ModelSettings
 from latentsync.pipelines.options import option_values_from_args
 from latentsync.ray_utils import cluster_gpus, init_ray
 
