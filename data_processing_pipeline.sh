@@ -4,7 +4,7 @@
 #        [--resolution 256|512] [--skip_stages 7,8] [--ray_address auto|local] ... (--help lists all)
 # Relative paths (including --checkpoints_dir, default checkpoints) are taken from the folder
 # you run it in. Re-running the same command resumes an interrupted run.
+# Python and no-argument behaviour: scripts/launch.sh.
 set -euo pipefail
-repo="$(cd "$(dirname "$0")" && pwd)"
-export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
-exec "$repo/.venv/bin/python" -m scripts.data_processing_pipeline "$@"
+source "$(dirname "${BASH_SOURCE[0]}")/scripts/launch.sh"
+launch_tool scripts.data_processing_pipeline "$@"

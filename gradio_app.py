@@ -2,6 +2,9 @@
 
     python gradio_app.py [--checkpoints_dir checkpoints] [--host 127.0.0.1] [--port 7860] [--share]
 
+The flags are the fields of latentsync.app.AppSettings (the model-file and hardware flags are
+the inference CLI's).
+
 Uses the same pipeline as inference.sh. One request runs the model at a time (the others wait in
 the queue); results go to outputs/gradio/<timestamp>-<uuid>/out.mp4. Missing checkpoints are listed
 at startup and in the page instead of crashing. The setting controls are LipsyncOptions fields
@@ -17,13 +20,10 @@ from pathlib import Path
 import gradio as gr
 
 from latentsync.app import AppSettings, LipsyncService, check_video, find_examples, friendly
-from latentsync.checkpoints import CHECKPOINTS_DIR
+from latentsync.cli_args import add_arguments, from_args, run_cli
 from latentsync.errors import UserError
 from latentsync.pipelines.options import option_field
 
-REPO = Path(__file__).resolve().parent
-DEFAULT_EXAMPLES_DIR = REPO / "assets"
-MAX_STEPS = option_field("inference_steps").metadata["ui_max"]
 GUIDANCE_STEP = 0.1
 VIDEO_HEIGHT = 420  # px; portrait clips would otherwise fill the screen
 MODEL_QUEUE = "lipsync"
@@ -33,31 +33,10 @@ CSS = "#problem {border: 2px solid #d33; border-radius: 8px; padding: 0 12px;}"
 logger = logging.getLogger("gradio_app")
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 exposes the app on the network)")
-    p.add_argument("--port", type=int, default=7860)
-    p.add_argument("--share", action="store_true", help="also open a public gradio.live link (off by default)")
-    p.add_argument("--checkpoints_dir", default=str(REPO / CHECKPOINTS_DIR),
-                   help="official names (latentsync_unet.pt, whisper/tiny.pt, sd-vae-ft-mse/) or the layout "
-                        "of scripts.make_tiny_checkpoints (unet.yaml, latentsync_unet.pt, whisper/tiny.pt, vae/)")
-    p.add_argument("--unet_config_path", default=None,
-                   help="default: CHECKPOINTS_DIR/unet.yaml if present, else configs/unet/stage2_512.yaml")
-    p.add_argument("--device", default=None, help="cuda, cuda:1, mps or cpu (default: best available)")
-    p.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"], help="default: fp16 on CUDA, else fp32")
-    p.add_argument("--face_backend", default="mediapipe", choices=["mediapipe", "insightface", "face_alignment"])
-    p.add_argument("--output_dir", default=str(REPO / "outputs/gradio"), help="run folders are created here")
-    p.add_argument("--examples_dir", default=str(DEFAULT_EXAMPLES_DIR),
-                   help="folder of video/audio files shown as examples, paired by name (x_video.mp4 + x_audio.wav); "
-                        "default: the demo clips in assets/")
-    p.add_argument("--max_upload_mb", type=float, default=200.0, help="largest accepted upload")
-    p.add_argument("--max_duration_s", type=float, default=60.0, help="longest accepted video or audio")
-    p.add_argument("--min_steps", type=int, default=10, help="smallest inference-step value the slider allows")
-    p.add_argument("--max_queue", type=int, default=20, help="requests that may wait in the queue")
-    args = p.parse_args(argv)
-    if not 1 <= args.min_steps <= MAX_STEPS:
-        p.error(f"--min_steps must be between 1 and {MAX_STEPS}")
-    return args
+def parse_args(argv=None) -> AppSettings:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser, AppSettings)
+    return from_args(AppSettings, parser.parse_args(argv))
 
 
 def make_handler(service: LipsyncService):
@@ -147,27 +126,26 @@ def build_demo(service: LipsyncService, examples: list[list[str]]) -> gr.Blocks:
     return demo
 
 
-def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
-    args = parse_args(argv)
-    settings = AppSettings(checkpoints_dir=args.checkpoints_dir, unet_config_path=args.unet_config_path,
-                           device=args.device, dtype=args.dtype, face_backend=args.face_backend,
-                           output_dir=args.output_dir, max_upload_mb=args.max_upload_mb,
-                           max_duration_s=args.max_duration_s, min_steps=args.min_steps, max_steps=MAX_STEPS,
-                           examples_dir=args.examples_dir)
+def serve(settings: AppSettings) -> None:
+    settings.check()
     service = LipsyncService(settings)
     if service.load():
-        print(f"Models loaded from {args.checkpoints_dir}", flush=True)
+        print(f"Models loaded from {settings.checkpoints_dir}", flush=True)
     else:
         print(f"WARNING: {service.problem()}\nThe page opens but cannot dub until this is fixed.", flush=True)
-    examples = find_examples(args.examples_dir)
+    examples = find_examples(settings.examples_dir)
     demo = build_demo(service, examples)
-    demo.queue(default_concurrency_limit=1, max_size=args.max_queue)
-    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
-    allowed = [str(Path(args.output_dir).resolve())] + ([str(Path(args.examples_dir).resolve())] if examples else [])
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share, allowed_paths=allowed,
-                max_file_size=f"{args.max_upload_mb:g}mb", css=CSS, footer_links=["gradio", "settings"])
-    return 0
+    demo.queue(default_concurrency_limit=1, max_size=settings.max_queue)
+    Path(settings.output_dir).mkdir(parents=True, exist_ok=True)
+    allowed = [str(Path(settings.output_dir).resolve())]
+    if examples:
+        allowed.append(str(Path(settings.examples_dir).resolve()))
+    demo.launch(server_name=settings.host, server_port=settings.port, share=settings.share, allowed_paths=allowed,
+                max_file_size=f"{settings.max_upload_mb:g}mb", css=CSS, footer_links=["gradio", "settings"])
+
+
+def main(argv=None) -> int:
+    return run_cli(lambda: serve(parse_args(argv)), "%(levelname)s: %(message)s")
 
 
 if __name__ == "__main__":

@@ -114,19 +114,17 @@ def build_pipeline(size: str, tmp: Path):
     from omegaconf import OmegaConf
 
     from latentsync.audio import AudioEncoder
-    from latentsync.face.detectors import make_face_detector
+    from latentsync.loading import ModelFiles
     from latentsync.models import UNet3DConditionModel
     from latentsync.pipelines.lipsync_pipeline import LipsyncPipeline
-    from latentsync.schedulers import make_scheduler
-    from scripts.make_tiny_checkpoints import SEED, make_tiny_checkpoints, randomize
+    from scripts.make_tiny_checkpoints import SEED, make_tiny_checkpoints, model_files, randomize
 
     tiny = make_tiny_checkpoints(tmp / "tiny")
     if size == "tiny":
-        return LipsyncPipeline.from_checkpoints(tiny / "unet.yaml", tiny / "latentsync_unet.pt",
-                                                tiny / "whisper/tiny.pt", tiny / "vae", device="cpu")
+        return LipsyncPipeline.from_files(model_files(tiny), device="cpu")
     encoder = AudioEncoder(tiny / "whisper/tiny.pt", device="cpu")
-    config = OmegaConf.load(REPO / "configs/unet/stage2.yaml")
-    model = OmegaConf.to_container(config.model)
+    config = REPO / "configs/unet/stage2.yaml"
+    model = OmegaConf.to_container(OmegaConf.load(config).model)
     model["cross_attention_dim"] = encoder.dim
     vae_config = dict(SD_VAE)
     if size == "quick":
@@ -137,8 +135,8 @@ def build_pipeline(size: str, tmp: Path):
     generator = torch.Generator().manual_seed(SEED)
     unet = randomize(UNet3DConditionModel.from_config(model), generator).eval()
     vae = randomize(AutoencoderKL(**vae_config), generator).eval()
-    return LipsyncPipeline(vae=vae, unet=unet, scheduler=make_scheduler(), audio_encoder=encoder,
-                           face_detector=make_face_detector("mediapipe"), resolution=int(config.data.resolution))
+    return LipsyncPipeline.from_files(ModelFiles(unet_config=config), device="cpu", unet=unet, vae=vae,
+                                      audio_encoder=encoder)
 
 
 def model_description(size: str) -> str:
@@ -469,13 +467,15 @@ def quality_runs(work: Path, settings: dict, clips: int, max_frames: int, tmp: P
     from benchmarks.learnability_parts import dubbing
     from benchmarks.learnability_parts.plan import Layout
     from latentsync.face.detectors import make_face_detector
+    from latentsync.loading import ModelFiles
     from latentsync.models import load_syncnet
     from latentsync.pipelines.lipsync_pipeline import LipsyncPipeline
     from latentsync.synthetic.corpus import read_manifest
 
     layout, models = Layout(work), learnability_models(work)
-    pipe = LipsyncPipeline.from_checkpoints(models["unet"].parent.parent / "config.yaml", models["unet"],
-                                            models["whisper"], layout.vae, device="cpu")
+    pipe = LipsyncPipeline.from_files(ModelFiles(unet_config=models["unet"].parent.parent / "config.yaml",
+                                                 unet_ckpt=models["unet"], whisper=models["whisper"],
+                                                 vae=layout.vae), device="cpu")
     syncnet = load_syncnet(layout.syncnet_config, models["syncnet"], device="cpu").eval()
     config, detector = OmegaConf.load(layout.syncnet_config), make_face_detector("mediapipe")
     try:

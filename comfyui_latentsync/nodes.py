@@ -17,14 +17,15 @@ from pathlib import Path
 
 from latentsync.checkpoints import CHECKPOINTS_DIR
 from latentsync.constants import MODEL_FPS
-from latentsync.face.detectors import DEFAULT_DETECTOR, DETECTOR_NAMES
+from latentsync.face.detectors import DEFAULT_FACE_BACKEND, DETECTOR_NAMES
+from latentsync.loading import DTYPE_CHOICES
 from latentsync.pipelines.options import RANDOM_SEED, field_type, option_fields
 
 logger = logging.getLogger(__name__)
 
 PIPELINE = "LATENTSYNC_PIPELINE"
 CATEGORY = "LatentSync"
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[1]  # ComfyUI runs in its own folder: the default is this checkout's
 CHUNK = 16  # frames converted and written (or read back) at a time
 CRF = 12  # x264 quality of the intermediate videos: near-transparent, still compact
 AUTO = "auto"
@@ -70,21 +71,19 @@ class LatentSyncLoader:
         path = ("STRING", {"default": "", "tooltip": "empty: the file in checkpoints_dir"})
         return {"required": {"checkpoints_dir": ("STRING", {"default": str(REPO / CHECKPOINTS_DIR)}),
                              "device": ([AUTO, "cuda", "mps", "cpu"],),
-                             "dtype": ([AUTO, "fp16", "bf16", "fp32"],),
-                             "face_backend": (list(DETECTOR_NAMES), {"default": DEFAULT_DETECTOR})},
+                             "dtype": ([AUTO, *DTYPE_CHOICES],),
+                             "face_backend": (list(DETECTOR_NAMES), {"default": DEFAULT_FACE_BACKEND})},
                 "optional": {"unet_config_path": path, "unet_ckpt_path": path, "whisper_ckpt_path": path,
                              "vae_path": path}}
 
-    def load(self, checkpoints_dir, device=AUTO, dtype=AUTO, face_backend=DEFAULT_DETECTOR, unet_config_path="",
+    def load(self, checkpoints_dir, device=AUTO, dtype=AUTO, face_backend=DEFAULT_FACE_BACKEND, unet_config_path="",
              unet_ckpt_path="", whisper_ckpt_path="", vae_path=""):
-        from latentsync.jobs import checkpoint_paths, load_pipeline
+        from latentsync.jobs import PipelineSpec, load_pipeline
+        from latentsync.loading import ModelFiles
 
-        paths = checkpoint_paths(checkpoints_dir, unet_config_path or None, unet_ckpt=unet_ckpt_path,
-                                 whisper=whisper_ckpt_path, vae=vae_path)
-        pipeline = load_pipeline(paths.unet_config, paths.unet_ckpt, paths.whisper, paths.vae,
-                                 device=None if device == AUTO else device, dtype=None if dtype == AUTO else dtype,
-                                 face_backend=face_backend, checkpoints_dir=checkpoints_dir)
-        return (pipeline,)
+        files = ModelFiles.in_folder(checkpoints_dir, unet_config=unet_config_path, unet_ckpt=unet_ckpt_path,
+                                     whisper=whisper_ckpt_path, vae=vae_path)
+        return (load_pipeline(PipelineSpec(files, device, None if dtype == AUTO else dtype, face_backend)),)
 
 
 class LatentSyncDub:

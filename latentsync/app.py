@@ -3,9 +3,10 @@
 What it does for one request: check the uploads (size, duration, readable streams, a face at all),
 make a fresh run folder `outputs/gradio/<timestamp>-<uuid>/`, run the same `LipsyncPipeline`
 as `inference.sh` into `out.mp4` there, and turn the pipeline's `Progress` events into
-(fraction, description). Settings are `LipsyncOptions` fields under their own names.
-Checkpoints are resolved from one folder, either laid out as `scripts.make_tiny_checkpoints`
-writes it or with the official file names; missing files are listed instead of crashing.
+(fraction, description). Settings are `LipsyncOptions` fields under their own names; the app's
+own settings (`AppSettings`) are its command-line flags. The model files are `ModelFiles` of the
+checkpoints folder (latentsync/loading.py), the same as the CLI's; missing files are listed
+instead of crashing. `UploadLimits` is the one rule for what the app and the HTTP server accept.
 """
 
 from __future__ import annotations
@@ -23,28 +24,19 @@ from typing import Callable
 
 import av
 
-from latentsync import loading
-from latentsync.checkpoints import CHECKPOINTS_DIR, checkpoint_file, default_path
-from latentsync.constants import MODEL_FPS, SAMPLE_RATE
+from latentsync.cli_args import setting
+from latentsync.constants import AUDIO_EXTENSIONS, MODEL_FPS, SAMPLE_RATE, VIDEO_EXTENSIONS
 from latentsync.errors import UserError
 from latentsync.io import atomic_write_text
+from latentsync.loading import HOW_TO_GET, SMOKE_TEST, ModelSettings
 from latentsync.pipelines.options import RANDOM_SEED, LipsyncOptions, option_field
 from latentsync.pipelines.results import FACES, SEGMENTS, Progress
 
 logger = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_UNET_CONFIG = loading.DEFAULT_UNET_CONFIG
-TINY_UNET_CONFIG = "unet.yaml"  # present only in folders written by scripts.make_tiny_checkpoints
-TINY_VAE_DIR = "vae"  # the tiny layout's VAE folder; the official one is the checkpoint table's
-VAE_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
-UNET_CONFIG_SOURCE = "part of this repository (configs/unet/); pass --unet_config_path to pick another"
-WHISPER_NOTE = " (small.pt was never released)"
-HOW_TO_GET = ("Run `python -m scripts.download_checkpoints` when online, or copy the files by hand "
-              "(see checkpoints/README.md).")
-
-VIDEO_EXTS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
-AUDIO_EXTS = (".wav", ".mp3", ".m4a", ".aac", ".flac", ".ogg", ".opus")
+MAX_UPLOAD_MB = 200.0  # per uploaded file, in the app and the server alike
+MAX_DURATION_S = 120.0  # per uploaded video or audio, in the app and the server alike
 FACE_SAMPLES = 5  # frames looked at before a run to tell "no face at all"
 # share of the progress bar per pipeline stage; "segments" and "writing" interleave, so the
 # second part follows the frames written (each one after its segment is generated)
@@ -54,70 +46,32 @@ ProgressFn = Callable[[float, str], None]  # (fraction 0..1, description)
 WarnFn = Callable[[str], None]
 
 
-@dataclass
-class AppSettings:
-    """Everything the command line of gradio_app.py sets."""
+@dataclass(kw_only=True)
+class UploadLimits:
+    """What a front end that takes uploads (this app, the HTTP server) accepts per file: one rule,
+    checked by `check_video` / `check_audio` before any heavy work."""
 
-    checkpoints_dir: str = str(REPO / CHECKPOINTS_DIR)
-    unet_config_path: str | None = None  # None: DIR/unet.yaml if present, else configs/unet/stage2_512.yaml
-    device: str | None = None
-    dtype: str | None = None
-    face_backend: str = "mediapipe"
-    output_dir: str = str(REPO / "outputs/gradio")
-    max_upload_mb: float = 200.0
-    max_duration_s: float = 60.0
-    min_steps: int = 10
-    max_steps: int = option_field("inference_steps").metadata["ui_max"]
-    examples_dir: str | None = str(REPO / "assets")  # the demo clips that ship with the repo
+    max_upload_mb: float = setting(MAX_UPLOAD_MB, "largest accepted upload, per file (MB)")
+    max_duration_s: float = setting(MAX_DURATION_S, "longest accepted video or audio (seconds)")
 
 
-@dataclass
-class CheckpointPaths:
-    unet_config: Path
-    unet_ckpt: Path
-    whisper: Path
-    vae: Path
+@dataclass(kw_only=True)
+class AppSettings(UploadLimits, ModelSettings):
+    """Everything the command line of gradio_app.py sets (one flag per field)."""
 
-    def missing(self) -> list[str]:
-        """One line per missing file: its path and where to get it (empty when complete)."""
-        lines = []
-        if not self.unet_config.is_file():
-            lines.append(f"{self.unet_config}: UNet config ({UNET_CONFIG_SOURCE})")
-        if not self.unet_ckpt.is_file():
-            lines.append(f"{self.unet_ckpt}: UNet weights ({source_of('unet')})")
-        if not self.whisper.is_file():
-            lines.append(f"{self.whisper}: Whisper audio encoder ({source_of('whisper')}{WHISPER_NOTE})")
-        vae_ok = (self.vae / "config.json").is_file() and any((self.vae / w).is_file() for w in VAE_WEIGHTS)
-        if not vae_ok:
-            lines.append(f"{self.vae}/: VAE folder ({source_of('vae')})")
-        return lines
+    host: str = setting("127.0.0.1", "address to bind (0.0.0.0 exposes the app on the network)")
+    port: int = setting(7860, "port to listen on")
+    share: bool = setting(False, "also open a public gradio.live link (off by default)")
+    output_dir: str = setting("outputs/gradio", "run folders are created here")
+    examples_dir: str | None = setting(str(REPO / "assets"), "folder of video/audio files shown as examples, "
+                                       "paired by name (x_video.mp4 + x_audio.wav); default: the demo clips")
+    min_steps: int = setting(10, "smallest inference-step value the slider allows")
+    max_steps: int = setting(option_field("inference_steps").metadata["ui_max"], cli=False)
+    max_queue: int = setting(20, "requests that may wait in the queue")
 
-
-def source_of(name: str) -> str:
-    """Where to get the checkpoint-table file `name`, with the files a folder needs."""
-    entry = checkpoint_file(name)
-    return entry.source() + (f" ({' + '.join(entry.files)})" if entry.files else "")
-
-
-def resolve_checkpoints(checkpoints_dir: str | os.PathLike, unet_config_path: str | None = None) -> CheckpointPaths:
-    """Checkpoint files under one folder: the tiny layout (DIR/unet.yaml, DIR/vae/) or the official one."""
-    root = Path(checkpoints_dir)
-    if unet_config_path:
-        config = Path(unet_config_path)
-    elif (root / TINY_UNET_CONFIG).is_file():
-        config = root / TINY_UNET_CONFIG
-    else:
-        config = DEFAULT_UNET_CONFIG
-    vae = root / TINY_VAE_DIR if (root / TINY_VAE_DIR).is_dir() else default_path("vae", root)
-    return CheckpointPaths(config, default_path("unet", root), _whisper_path(config, root), vae)
-
-
-def _whisper_path(config: Path, root: Path) -> Path:
-    """The Whisper file that fits the UNet's width (as the CLI picks it); whisper/tiny.pt otherwise."""
-    try:
-        return loading.whisper_for(loading.read_yaml(config), config, root)
-    except UserError:  # the tiny layout's width, or a config problem that missing() reports
-        return default_path("whisper", root)
+    def check(self) -> None:
+        if not 1 <= self.min_steps <= self.max_steps:
+            raise UserError(f"--min_steps {self.min_steps}: must be between 1 and {self.max_steps}")
 
 
 def find_examples(folder: str | os.PathLike | None) -> list[list[str]]:
@@ -129,8 +83,8 @@ def find_examples(folder: str | os.PathLike | None) -> list[list[str]]:
     if not folder or not Path(folder).is_dir():
         return []
     files = sorted(p for p in Path(folder).iterdir() if p.is_file())
-    videos = [p for p in files if p.suffix.lower() in VIDEO_EXTS]
-    audios = [p for p in files if p.suffix.lower() in AUDIO_EXTS]
+    videos = [p for p in files if p.suffix.lower() in VIDEO_EXTENSIONS]
+    audios = [p for p in files if p.suffix.lower() in AUDIO_EXTENSIONS]
 
     def key(p: Path) -> str:
         return p.stem.lower().replace("video", "").replace("audio", "").strip("_- .")
@@ -266,8 +220,8 @@ class LipsyncService:
 
     def __init__(self, settings: AppSettings):
         self.settings = settings
-        self.paths = resolve_checkpoints(settings.checkpoints_dir, settings.unet_config_path)
-        self.missing = self.paths.missing()
+        self.files = settings.model_files()
+        self.missing = self.files.missing()
         self.load_error: str | None = None
         self.pipeline = None
         self._lock = threading.Lock()  # the queue already serialises; this guards direct callers
@@ -280,7 +234,7 @@ class LipsyncService:
         """Why the app cannot dub anything right now (None when it can)."""
         if self.missing:
             return (f"Missing checkpoints in {self.settings.checkpoints_dir}:\n"
-                    + "\n".join(f"  - {line}" for line in self.missing) + f"\n{HOW_TO_GET}")
+                    + "\n".join(f"  - {line}" for line in self.missing) + f"\n{HOW_TO_GET}\n{SMOKE_TEST}")
         return self.load_error
 
     def load(self) -> bool:
@@ -289,11 +243,10 @@ class LipsyncService:
             return False
         from latentsync.pipelines.lipsync_pipeline import LipsyncPipeline
 
-        s, p = self.settings, self.paths
+        s = self.settings
         try:
-            self.pipeline = LipsyncPipeline.from_checkpoints(
-                str(p.unet_config), str(p.unet_ckpt), str(p.whisper), str(p.vae), device=s.device, dtype=s.dtype,
-                face_backend=s.face_backend, checkpoints_dir=s.checkpoints_dir)
+            self.pipeline = LipsyncPipeline.from_files(self.files, device=s.device, dtype=s.dtype,
+                                                       face_backend=s.face_backend)
         except UserError as exc:
             self.load_error = f"Cannot load the models: {exc}"
         return self.ready

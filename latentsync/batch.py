@@ -13,50 +13,37 @@ import argparse
 import logging
 import os
 import sys
-from dataclasses import asdict, dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
-from latentsync.checkpoints import CHECKPOINTS_DIR
+from latentsync.cli_args import from_args
 from latentsync.errors import EXIT_USER_ERROR, UserError
-from latentsync.jobs import job_options, load_pipeline, run_dub
+from latentsync.jobs import PipelineSpec, job_options, load_pipeline, run_dub
+from latentsync.loading import ModelSettings
 from latentsync.pipelines.options import option_values_from_args
 from latentsync.ray_utils import cluster_gpus, init_ray
 
 logger = logging.getLogger(__name__)
 
 WROTE, SKIPPED, FAILED = "wrote", "skipped", "failed"
-_LOADED: dict = {}  # per worker process: ModelFiles -> pipeline
+_LOADED: dict = {}  # per worker process: PipelineSpec -> pipeline
 
 
-@dataclass(frozen=True)
-class ModelFiles:
-    """What a worker needs to load the pipeline (the inference CLI's file and hardware flags)."""
-
-    unet_config: str
-    unet_ckpt: str
-    whisper: str | None
-    vae: str
-    device: str | None = None
-    dtype: str | None = None
-    face_backend: str = "mediapipe"
-    checkpoints_dir: str = CHECKPOINTS_DIR
-
-
-def dub_row(model: ModelFiles, video: str, audio: str, out: str, options: dict) -> tuple[str, str, str]:
+def dub_row(spec: PipelineSpec, video: str, audio: str, out: str, options: dict) -> tuple[str, str, str]:
     """Run one row in this process: (out, status, message). UserErrors become FAILED rows."""
     if Path(out).exists():
         return out, SKIPPED, "already exists"
     try:
-        if model not in _LOADED:
-            _LOADED[model] = load_pipeline(**asdict(model))
+        if spec not in _LOADED:
+            _LOADED[spec] = load_pipeline(spec)
         Path(out).parent.mkdir(parents=True, exist_ok=True)
-        result = run_dub(_LOADED[model], video, audio, out, options)
+        result = run_dub(_LOADED[spec], video, audio, out, options)
     except UserError as exc:
         return out, FAILED, str(exc)
     return out, WROTE, "; ".join(result.warnings)
 
 
-def run_batch(rows: list[tuple[str, str, str]], options: dict, model: ModelFiles, ray_address: str = "local",
+def run_batch(rows: list[tuple[str, str, str]], options: dict, spec: PipelineSpec, ray_address: str = "local",
               num_cpus: int | None = None, on_row=None) -> list[tuple[str, str, str]]:
     """Dub every row on Ray; returns (output, status, message) per row, in the rows' order, and
     calls `on_row(output, status, message)` as each row finishes.
@@ -67,7 +54,8 @@ def run_batch(rows: list[tuple[str, str, str]], options: dict, model: ModelFiles
         for path in (video, audio):
             if not Path(path).is_file():
                 raise UserError(f"{path}: file not found")
-    job_options(options)  # option values checked before any task starts
+    job_options(options)  # option values and model files checked before any task starts
+    spec = spec.check()
     results: dict[int, tuple[str, str, str]] = {}
 
     def finished(i: int, status: str, message: str) -> None:
@@ -82,7 +70,7 @@ def run_batch(rows: list[tuple[str, str, str]], options: dict, model: ModelFiles
         ray = init_ray(ray_address, num_cpus)
         gpus = cluster_gpus(ray)
         task = ray.remote(num_gpus=1 if gpus else 0)(dub_row)
-        pending = {task.remote(_for_task(model, gpus), *map(_absolute, rows[i]), options): i for i in todo}
+        pending = {task.remote(_for_task(spec, gpus), *map(_absolute, rows[i]), options): i for i in todo}
         while pending:
             (ref,), _ = ray.wait(list(pending), num_returns=1)
             i = pending.pop(ref)
@@ -98,26 +86,26 @@ def _absolute(path: str) -> str:
     return os.path.abspath(path)
 
 
-def _for_task(model: ModelFiles, gpus: float) -> ModelFiles:
-    """The model files as a task sees them: absolute local paths (hub ids unchanged), and `cuda`
-    for the device when tasks get a GPU (inside a task Ray shows only that task's GPU)."""
-    device = model.device
+def _for_task(spec: PipelineSpec, gpus: float) -> PipelineSpec:
+    """The spec as a task sees it: absolute local paths (hub ids unchanged), and `cuda` for the
+    device when tasks get a GPU (inside a task Ray shows only that task's GPU)."""
+    device = spec.device
     if gpus and (device or "auto").startswith(("cuda", "auto")):
         device = "cuda"
 
     def local(path):
         return _absolute(path) if path and Path(path).exists() else path
 
-    return replace(model, device=device, unet_config=local(model.unet_config), unet_ckpt=local(model.unet_ckpt),
-                   whisper=local(model.whisper), vae=local(model.vae), checkpoints_dir=local(model.checkpoints_dir))
+    files = spec.files
+    files = replace(files, unet_config=local(files.unet_config), unet_ckpt=local(files.unet_ckpt),
+                    whisper=local(files.whisper), vae=local(files.vae), checkpoints_dir=local(files.checkpoints_dir))
+    return replace(spec, device=device, files=files)
 
 
 def run_from_args(rows: list[tuple[str, str, str]], args: argparse.Namespace) -> int:
     """`inference.sh --batch_csv ... --ray_address ...`: the CLI's flags -> run_batch, one line per row."""
     options = option_values_from_args(args)  # the option flags, --preset expanded
-    model = ModelFiles(str(args.unet_config_path), str(args.inference_ckpt_path),
-                       str(args.whisper_ckpt_path) if args.whisper_ckpt_path else None, str(args.vae_path),
-                       args.device, args.dtype, args.face_backend, str(args.checkpoints_dir))
+    spec = PipelineSpec(from_args(ModelSettings, args).model_files(), args.device, args.dtype, args.face_backend)
     failures = 0
 
     def report(out: str, status: str, message: str) -> None:
@@ -128,5 +116,5 @@ def run_from_args(rows: list[tuple[str, str, str]], args: argparse.Namespace) ->
         else:
             print(f"{'skip' if status == SKIPPED else 'wrote'} {out}" + (f": {message}" if message else ""), flush=True)
 
-    run_batch(rows, options, model, args.ray_address, on_row=report)
+    run_batch(rows, options, spec, args.ray_address, on_row=report)
     return EXIT_USER_ERROR if failures else 0

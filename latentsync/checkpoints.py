@@ -16,7 +16,7 @@ from pathlib import Path
 
 from latentsync.errors import UserError
 
-CHECKPOINTS_DIR = "checkpoints"  # default folder, relative to the working directory
+CHECKPOINTS_DIR = "checkpoints"  # the default folder, relative to the working directory (docs/checkpoints.md)
 HUB_URL = "https://huggingface.co"
 GROUPS = ("inference", "training", "optional")  # download_checkpoints: default, --all, by hand
 

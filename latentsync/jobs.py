@@ -10,14 +10,13 @@ be stored as JSON and sent to other processes.
 from __future__ import annotations
 
 import os
-from dataclasses import replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from latentsync.app import HOW_TO_GET, CheckpointPaths, resolve_checkpoints
-from latentsync.checkpoints import CHECKPOINTS_DIR
-from latentsync.errors import UserError
+from latentsync.face.detectors import DEFAULT_FACE_BACKEND
 from latentsync.io import atomic_output
+from latentsync.loading import ModelFiles
 from latentsync.pipelines.options import ORIGINAL_FPS, LipsyncOptions, options_from_values
 
 FACE_SHARE = 0.3  # share of the progress bar taken by the face pass; the rest follows the frames written
@@ -25,17 +24,19 @@ FACE_SHARE = 0.3  # share of the progress bar taken by the face pass; the rest f
 ProgressFn = Callable[[float, str], None]  # (fraction 0..1, stage)
 
 
-def checkpoint_paths(checkpoints_dir: str | os.PathLike, unet_config_path: str | None = None,
-                     **files: str | None) -> CheckpointPaths:
-    """The model files in one checkpoints folder (the Gradio app's layout, the tiny set included),
-    `files` (unet_ckpt, whisper, vae) replacing single ones when given, or a UserError listing the
-    missing files and where to get them."""
-    paths = resolve_checkpoints(checkpoints_dir, unet_config_path)
-    paths = replace(paths, **{name: Path(path) for name, path in files.items() if path})
-    missing = paths.missing()
-    if missing:
-        raise UserError(f"missing checkpoints in {checkpoints_dir}: " + "; ".join(missing) + f". {HOW_TO_GET}")
-    return paths
+@dataclass(frozen=True)
+class PipelineSpec:
+    """What one pipeline is loaded from: its files and where it runs (hashable and picklable, so
+    it can be sent to a Ray worker, which keeps one pipeline per spec)."""
+
+    files: ModelFiles
+    device: str | None = None  # None or "auto": the best available
+    dtype: str | None = None
+    face_backend: str = DEFAULT_FACE_BACKEND
+
+    def check(self) -> "PipelineSpec":
+        """The spec with its files checked (UserError listing what is missing and where to get it)."""
+        return PipelineSpec(self.files.check(), self.device, self.dtype, self.face_backend)
 
 
 def _fraction_reporter(on_progress: ProgressFn | None):
@@ -68,16 +69,12 @@ def job_options(values: dict, video: str | os.PathLike | None = None) -> Lipsync
     return options_from_values(values, input_fps)
 
 
-def load_pipeline(unet_config, unet_ckpt, whisper=None, vae=None, device=None, dtype=None,
-                  face_backend: str = "mediapipe", checkpoints_dir: str | os.PathLike = CHECKPOINTS_DIR):
-    """The inference pipeline, loaded once: models on `device`; `checkpoints_dir` is where the
-    default Whisper file (when `whisper` is None) and the optional face backends' models are."""
+def load_pipeline(spec: PipelineSpec):
+    """The inference pipeline of `spec`, loaded once (models on its device)."""
     from latentsync.pipelines.lipsync_pipeline import LipsyncPipeline
 
-    extra = {} if vae is None else {"vae_path": str(vae)}
-    return LipsyncPipeline.from_checkpoints(str(unet_config), str(unet_ckpt), whisper and str(whisper), device=device,
-                                            dtype=dtype, face_backend=face_backend, checkpoints_dir=checkpoints_dir,
-                                            **extra)
+    device = None if spec.device == "auto" else spec.device
+    return LipsyncPipeline.from_files(spec.files, device=device, dtype=spec.dtype, face_backend=spec.face_backend)
 
 
 def run_dub(pipeline, video: str | os.PathLike, audio: str | os.PathLike, out: str | os.PathLike,

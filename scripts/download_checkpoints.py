@@ -13,6 +13,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from latentsync.checkpoints import CHECKPOINTS_DIR, HUB_URL, CheckpointFile, in_group
+from latentsync.cli_args import run_cli
 from latentsync.io import commit
 
 CONNECT_TIMEOUT_S = 4
@@ -68,11 +69,7 @@ def download(entries: list[CheckpointFile], checkpoints_dir: Path) -> list[Check
     return missing_entries(entries, checkpoints_dir)
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--checkpoints_dir", default=CHECKPOINTS_DIR)
-    parser.add_argument("--all", action="store_true", help="also the training and evaluation checkpoints")
-    args = parser.parse_args(argv)
+def run(args: argparse.Namespace) -> None:
     entries = in_group("inference", "training") if args.all else in_group("inference")
     missing = download(entries, Path(args.checkpoints_dir))
     if missing:
@@ -80,7 +77,14 @@ def main(argv=None) -> int:
         print("\n".join(describe(e) for e in missing))
     else:
         print(f"All {'' if args.all else 'inference '}checkpoints present in {args.checkpoints_dir}/")
-    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--checkpoints_dir", default=CHECKPOINTS_DIR,
+                        help="relative to the working directory (docs/checkpoints.md)")
+    parser.add_argument("--all", action="store_true", help="also the training and evaluation checkpoints")
+    return run_cli(lambda: run(parser.parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -7,13 +7,14 @@ import argparse
 import sys
 
 from latentsync.device import pick_device
+from latentsync.face.detectors import DEFAULT_FACE_BACKEND
 from ._cli import command, require_dirs, video_dirs_parser
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = video_dirs_parser(__doc__, "--i3d_path", "i3d", "TorchScript I3D (StyleGAN-V release)")
     parser.add_argument("--device", default="cpu", help="device for I3D (the reference uses the CPU)")
-    parser.add_argument("--face_backend", default="mediapipe", help="face detector backend")
+    parser.add_argument("--face_backend", default=DEFAULT_FACE_BACKEND, help="face detector backend")
     parser.add_argument("--face_detector", dest="face_backend", help="deprecated spelling of --face_backend")
     return parser.parse_args(argv)
 

@@ -9,13 +9,14 @@ Missing files and bad options are reported before the models (and torch) are loa
 
 import argparse
 import csv
+import dataclasses
 import logging
 import sys
 from pathlib import Path
 
 from latentsync import loading
-from latentsync.errors import EXIT_USER_ERROR, UserError, exit_on_termination
-from latentsync.face.detectors import DEFAULT_DETECTOR, DETECTOR_NAMES
+from latentsync.cli_args import add_arguments, from_args, run_cli
+from latentsync.errors import EXIT_USER_ERROR, UserError
 from latentsync.pipelines.options import ORIGINAL_FPS, add_option_arguments, given_options, options_from_args
 
 # flags that choose files, hardware or the job list rather than how a video is dubbed
@@ -23,28 +24,18 @@ from latentsync.pipelines.options import ORIGINAL_FPS, add_option_arguments, giv
 NON_OPTION_FLAGS = ("unet_config_path", "inference_ckpt_path", "whisper_ckpt_path", "vae_path", "video_path",
                     "audio_path", "video_out_path", "batch_csv", "device", "dtype", "face_backend", "checkpoints_dir",
                     "ray_address")
-WHISPER_HELP = ("default: picked by the UNet config's cross_attention_dim: "
-                + ", ".join(f"{w} -> checkpoints/{p}" for w, p in loading.WHISPER_BY_WIDTH.items()))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """File, hardware and job flags, then one flag per LipsyncOptions field."""
+    """File and hardware flags (ModelSettings), job flags, then one flag per LipsyncOptions field."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--unet_config_path", default=str(loading.DEFAULT_UNET_CONFIG))
-    p.add_argument("--inference_ckpt_path", default=str(loading.DEFAULT_UNET_CKPT))
-    p.add_argument("--whisper_ckpt_path", default=None, help=WHISPER_HELP)
-    p.add_argument("--vae_path", default=str(loading.DEFAULT_VAE), help="diffusers VAE folder or hub id")
+    add_arguments(p, loading.ModelSettings)
     p.add_argument("--video_path")
     p.add_argument("--audio_path")
     p.add_argument("--video_out_path")
     p.add_argument("--batch_csv", help="CSV of video,audio,output rows (skips rows whose output exists)")
     p.add_argument("--ray_address", default=None, help="run the rows as Ray tasks (one GPU each where there are "
                    "GPUs): 'local' (this machine), 'auto' (the cluster it belongs to) or a cluster address")
-    p.add_argument("--device", default=None, help="cuda, cuda:1, mps or cpu (default: best available)")
-    p.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"], help="default: fp16 on CUDA, else fp32")
-    p.add_argument("--face_backend", default=DEFAULT_DETECTOR, choices=DETECTOR_NAMES)
-    p.add_argument("--checkpoints_dir", default=str(loading.CHECKPOINTS_DIR),
-                   help="where the default Whisper file and the optional face backends' models are found")
     add_option_arguments(p)
     return p
 
@@ -73,30 +64,28 @@ def read_batch(path: str) -> list[tuple[str, str, str]]:
     return rows
 
 
-def make_options(args, video_path: str):
-    """LipsyncOptions for one job (output_fps 'original' becomes the input's frame rate)."""
-    if args.output_fps == ORIGINAL_FPS:
-        from latentsync.video import probe_video
+def for_video(options, args, video_path: str):
+    """The job's options for one video: output_fps 'original' becomes the input's frame rate."""
+    if args.output_fps != ORIGINAL_FPS:
+        return options
+    from latentsync.video import probe_video
 
-        return options_from_args(args, output_fps=probe_video(video_path).fps)
-    return options_from_args(args)
+    return dataclasses.replace(options, output_fps=probe_video(video_path).fps)
 
 
 def run(args) -> int:
     jobs = read_batch(args.batch_csv) if args.batch_csv else [(args.video_path, args.audio_path, args.video_out_path)]
     for job in jobs:  # fail fast, before the slow imports and the model loading
         loading.check_job_paths(*job)
-    options_from_args(args)  # option values checked here too
-    files = loading.resolve_files(args.unet_config_path, args.inference_ckpt_path, args.whisper_ckpt_path,
-                                  args.vae_path, args.checkpoints_dir)
+    options = options_from_args(args)  # a bad value is reported here, before the models load
+    files = from_args(loading.ModelSettings, args).model_files().check()
     if args.ray_address:  # one Ray task per row: latentsync/batch.py
         from latentsync.batch import run_from_args
 
         return run_from_args(jobs, args)
     from latentsync.pipelines.lipsync_pipeline import LipsyncPipeline
 
-    pipeline = LipsyncPipeline(**loading.load_components(files, args.device, args.dtype, args.face_backend,
-                                                          args.checkpoints_dir))
+    pipeline = LipsyncPipeline.from_files(files, device=args.device, dtype=args.dtype, face_backend=args.face_backend)
     failures = 0
     for video, audio, out in jobs:
         if args.batch_csv and Path(out).exists():
@@ -104,7 +93,7 @@ def run(args) -> int:
             continue
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         try:
-            result = pipeline(video, audio, out, make_options(args, video))
+            result = pipeline(video, audio, out, for_video(options, args, video))
         except UserError as exc:
             if not args.batch_csv:
                 raise
@@ -118,17 +107,8 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    exit_on_termination()  # SIGTERM unwinds like Ctrl-C, so the run's temporary files are removed
-    args = parse_args(argv)
-    try:
-        return run(args)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    # SIGTERM unwinds like Ctrl-C, so the run's temporary files are removed
+    return run_cli(lambda: run(parse_args(argv)), "%(levelname)s: %(message)s", logging.WARNING)
 
 
 if __name__ == "__main__":

@@ -4,11 +4,13 @@ Each table maps inclusive row ranges to inclusive column ranges of the region th
 generates (value 0); every other pixel is 255 (kept). Run: `python scripts/make_masks.py`.
 """
 
+import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from latentsync.cli_args import run_cli
 from latentsync.io import atomic_output
 
 SIZE = 256
@@ -75,7 +77,7 @@ def all_masks() -> dict[str, np.ndarray]:
     }
 
 
-def main() -> None:
+def write_masks() -> None:
     for name, image in all_masks().items():
         path = OUT_DIR / name
         with atomic_output(path) as temp:
@@ -84,5 +86,9 @@ def main() -> None:
         print(f"{path}: {int((image[:, :, 0] == 0).sum())} generated pixels")
 
 
+def main() -> int:
+    return run_cli(write_masks)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -7,12 +7,17 @@ DIR/syncnet.yaml + DIR/stable_syncnet.pt StableSyncNet (pixel, attention blocks,
 DIR/whisper/tiny.pt                      openai-whisper checkpoint format (tiny dimensions)
 DIR/vae/                                 diffusers AutoencoderKL folder (downsamples by 8)
 
-The pipeline and training run end to end on these on a CPU in seconds; tests use them.
+The pipeline and training run end to end on these on a CPU in seconds; tests use them. The
+UNet config and the VAE folder are not at the official places (configs/unet/, sd-vae-ft-mse/) and
+the tiny Whisper's width has no default, so a run names the files: `model_files(DIR)`, or the
+flags `inference_flags(DIR)` that this script prints (the inference CLI, gradio_app.py and the
+HTTP server take the same flags).
 """
 
 import argparse
 import math
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -20,10 +25,13 @@ import torch
 from omegaconf import OmegaConf
 
 from latentsync.checkpoints import default_path
+from latentsync.cli_args import run_cli
 from latentsync.io import atomic_save_torch, atomic_write_text
+from latentsync.loading import ModelFiles
 from latentsync.paths import config_path
 
 SEED = 0
+UNET_CONFIG, VAE_DIR = "unet.yaml", "vae"  # the tiny set's names (the weights have the official names)
 WHISPER_DIMS = dict(n_mels=80, n_audio_ctx=1500, n_audio_state=64, n_audio_head=2, n_audio_layer=4,
                     n_vocab=51865, n_text_ctx=448, n_text_state=64, n_text_head=2, n_text_layer=1)
 UNET_MODEL = dict(block_out_channels=[32, 32, 32, 32], layers_per_block=1, norm_num_groups=8,
@@ -63,7 +71,7 @@ def write_unet(out: Path, generator: torch.Generator) -> None:
     config.data.syncnet_config_path = str(out / "syncnet.yaml")
     config.data.resolution = 256
     config.ckpt.resume_ckpt_path = str(default_path("unet", out))
-    atomic_write_text(out / "unet.yaml", OmegaConf.to_yaml(config))
+    atomic_write_text(out / UNET_CONFIG, OmegaConf.to_yaml(config))
     unet = randomize(UNet3DConditionModel.from_config(OmegaConf.to_container(config.model)), generator)
     atomic_save_torch({"state_dict": unet.state_dict(), "global_step": 0}, default_path("unet", out))
 
@@ -89,7 +97,7 @@ def write_whisper(out: Path) -> None:
 def write_vae(out: Path) -> None:
     from diffusers import AutoencoderKL
 
-    AutoencoderKL(**VAE_CONFIG).save_pretrained(out / "vae")
+    AutoencoderKL(**VAE_CONFIG).save_pretrained(out / VAE_DIR)
 
 
 def make_tiny_checkpoints(output_dir: str | os.PathLike) -> Path:
@@ -104,13 +112,31 @@ def make_tiny_checkpoints(output_dir: str | os.PathLike) -> Path:
     return out
 
 
+def model_files(output_dir: str | os.PathLike) -> ModelFiles:
+    """The tiny set in `output_dir` as the files a pipeline is built from."""
+    out = Path(output_dir)
+    return ModelFiles(unet_config=out / UNET_CONFIG, unet_ckpt=default_path("unet", out),
+                      whisper=default_path("whisper", out), vae=str(out / VAE_DIR), checkpoints_dir=out)
+
+
+def inference_flags(output_dir: str | os.PathLike) -> list[str]:
+    """The command-line flags that point a run (CLI, app, server) at the tiny set in `output_dir`."""
+    files = model_files(output_dir)
+    return ["--checkpoints_dir", str(files.checkpoints_dir), "--unet_config_path", str(files.unet_config),
+            "--inference_ckpt_path", str(files.unet_ckpt), "--whisper_ckpt_path", str(files.whisper),
+            "--vae_path", files.vae]
+
+
+def run(args: argparse.Namespace) -> None:
+    out = make_tiny_checkpoints(args.output_dir)
+    print(f"Tiny random checkpoints written to {out}/. Use them with these flags "
+          f"(./inference.sh, gradio_app.py, python -m latentsync.server):\n  {shlex.join(inference_flags(out))}")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", required=True)
-    args = parser.parse_args(argv)
-    out = make_tiny_checkpoints(args.output_dir)
-    print(f"Tiny random checkpoints written to {out}/")
-    return 0
+    return run_cli(lambda: run(parser.parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ import subprocess
 import pytest
 
 from conftest import MEDIA, need
-from latentsync.batch import SKIPPED, WROTE, ModelFiles, run_batch
+from latentsync.batch import SKIPPED, WROTE, run_batch
+from latentsync.jobs import PipelineSpec
 from latentsync.video import ffmpeg_exe, probe_video
 
 SPEECH_S = 0.6  # 15 frames: one UNet segment
@@ -25,7 +26,7 @@ def ray_local():
 
 def test_three_rows_on_local_ray_then_a_rerun_skips_them(ray_local, tmp_path, capsys):
     from scripts.inference import main as inference_main
-    from scripts.make_tiny_checkpoints import make_tiny_checkpoints
+    from scripts.make_tiny_checkpoints import inference_flags, make_tiny_checkpoints, model_files
 
     tiny = make_tiny_checkpoints(tmp_path / "tiny")
     video, audio = tmp_path / "clip.mp4", tmp_path / "speech.wav"
@@ -34,8 +35,7 @@ def test_three_rows_on_local_ray_then_a_rerun_skips_them(ray_local, tmp_path, ca
     ffmpeg("-i", need(MEDIA / "demo1_audio.wav"), "-t", SPEECH_S, audio)
     outs = [tmp_path / "out" / f"row{i}.mp4" for i in range(3)]
     rows = [(str(video), str(audio), str(out)) for out in outs]
-    model = ModelFiles(str(tiny / "unet.yaml"), str(tiny / "latentsync_unet.pt"), str(tiny / "whisper/tiny.pt"),
-                       str(tiny / "vae"), device="cpu")
+    model = PipelineSpec(model_files(tiny), device="cpu")
 
     first = run_batch(rows, {"inference_steps": 1, "seed": 7}, model, ray_address="local", num_cpus=1)
     assert [status for _, status, _ in first] == [WROTE] * 3, first
@@ -48,9 +48,7 @@ def test_three_rows_on_local_ray_then_a_rerun_skips_them(ray_local, tmp_path, ca
     # the same batch again, through the command line's hook: nothing is redone
     csv = tmp_path / "rows.csv"
     csv.write_text("video,audio,output\n" + "".join(f"{v},{a},{o}\n" for v, a, o in rows))
-    code = inference_main(["--batch_csv", str(csv), "--ray_address", "local", "--unet_config_path",
-                           str(tiny / "unet.yaml"), "--inference_ckpt_path", str(tiny / "latentsync_unet.pt"),
-                           "--whisper_ckpt_path", str(tiny / "whisper/tiny.pt"), "--vae_path", str(tiny / "vae"),
+    code = inference_main(["--batch_csv", str(csv), "--ray_address", "local", *inference_flags(tiny),
                            "--inference_steps", "1"])
     assert code == 0
     printed = capsys.readouterr().out

@@ -250,11 +250,25 @@ def test_insightface_missing_model_file_names_it(fake_insightface, buffalo_check
     assert "not installed" not in message  # the fake package is importable
 
 
+def make_absent(monkeypatch, *packages: str) -> None:
+    """Make `packages` look not installed (find_spec says None, an import fails), installed or not."""
+    real_find_spec = importlib.util.find_spec
+
+    def find_spec(name, *args, **kwargs):
+        if name.split(".")[0] in packages:
+            return None
+        return real_find_spec(name, *args, **kwargs)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    for name in list(sys.modules):
+        if name.split(".")[0] in packages:
+            monkeypatch.delitem(sys.modules, name)
+    for name in packages:
+        monkeypatch.setitem(sys.modules, name, None)  # `import name` raises ImportError
+
+
 def test_insightface_package_missing_with_models_present(monkeypatch, buffalo_checkpoints):
-    monkeypatch.delitem(sys.modules, "insightface", raising=False)
-    monkeypatch.delitem(sys.modules, "insightface.app", raising=False)
-    if importlib.util.find_spec("insightface") is not None:
-        pytest.skip("the real insightface package is installed")
+    make_absent(monkeypatch, "insightface")
     with pytest.raises(UserError, match="insightface.*pip install insightface") as info:
         make_face_detector("insightface", checkpoints_dir=buffalo_checkpoints, device="cpu")
     assert "missing" not in str(info.value)  # the model folder is there
@@ -416,9 +430,7 @@ def test_face_alignment_one_missing_weight_named(fake_face_alignment, fan_checkp
 
 
 def test_face_alignment_package_missing_with_weights_present(monkeypatch, fan_checkpoints):
-    monkeypatch.delitem(sys.modules, "face_alignment", raising=False)
-    if importlib.util.find_spec("face_alignment") is not None:
-        pytest.skip("the real face_alignment package is installed")
+    make_absent(monkeypatch, "face_alignment")
     with pytest.raises(UserError, match="face_alignment.*pip install face-alignment") as info:
         make_face_detector("face_alignment", checkpoints_dir=fan_checkpoints, device="cpu")
     assert "missing" not in str(info.value)

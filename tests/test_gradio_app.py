@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from latentsync.app import AppSettings, LipsyncService, check_video, find_examples, new_run_dir, resolve_checkpoints
+from latentsync.app import AppSettings, LipsyncService, check_video, find_examples, new_run_dir
 from latentsync.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -136,12 +136,12 @@ def app(tmp_path_factory, clips):
     if not CHROMIUM.is_file():
         pytest.skip(f"{CHROMIUM} not found: install Debian's chromium (apt-get install chromium)")
     pytest.importorskip("playwright.sync_api", reason="Playwright's Python package is not installed")
-    from scripts.make_tiny_checkpoints import make_tiny_checkpoints
+    from scripts.make_tiny_checkpoints import inference_flags, make_tiny_checkpoints
 
     root = tmp_path_factory.mktemp("app")
     make_tiny_checkpoints(root / "ckpt")
     port = free_port()
-    proc = start_app(port, root / "app.log", "--checkpoints_dir", str(root / "ckpt"), "--output_dir",
+    proc = start_app(port, root / "app.log", *inference_flags(root / "ckpt"), "--output_dir",
                      str(root / "out"), "--examples_dir", str(clips), "--min_steps", "1", "--device", "cpu")
     yield f"http://127.0.0.1:{port}/", root / "out"
     stop(proc)
@@ -169,22 +169,27 @@ def page(browser, app):
 # -- logic without a browser -------------------------------------------------------------------
 
 
-def test_checkpoint_layouts_and_missing_files(tmp_path):
-    official = resolve_checkpoints(tmp_path)
-    assert official.unet_config == REPO / "configs/unet/stage2_512.yaml"
-    assert official.vae == tmp_path / "sd-vae-ft-mse"
-    missing = "\n".join(official.missing())
-    for name in ("latentsync_unet.pt", "whisper/tiny.pt", "sd-vae-ft-mse", "huggingface.co/ByteDance/LatentSync-1.6"):
-        assert name in missing
-    assert "stage2_512.yaml" not in missing  # the config ships with the repo
+def test_missing_files_are_listed_with_where_to_get_them(tmp_path):
+    settings = AppSettings(checkpoints_dir=str(tmp_path))
+    files = settings.model_files()
+    assert files.unet_config == REPO / "configs/unet/stage2_512.yaml"  # the config ships with the repo
+    assert (files.unet_ckpt, Path(files.vae)) == (tmp_path / "latentsync_unet.pt", tmp_path / "sd-vae-ft-mse")
+    missing = files.missing()
+    assert [line.split(": ")[0] for line in missing] == [str(tmp_path / name) for name in
+                                                         ("latentsync_unet.pt", "whisper/tiny.pt", "sd-vae-ft-mse")]
+    assert all("huggingface.co/" in line for line in missing)
 
-    (tmp_path / "unet.yaml").write_text("model: {}\n")
+    (tmp_path / "unet.yaml").write_text("model: {}\n")  # another layout is named file by file, never guessed
     (tmp_path / "vae").mkdir()
-    tiny = resolve_checkpoints(tmp_path)
-    assert (tiny.unet_config, tiny.vae) == (tmp_path / "unet.yaml", tmp_path / "vae")
+    assert len(AppSettings(checkpoints_dir=str(tmp_path)).model_files().missing()) == 3
+    given = AppSettings(checkpoints_dir=str(tmp_path), unet_config_path=str(tmp_path / "unet.yaml"),
+                        vae_path=str(tmp_path / "vae")).model_files()
+    assert (given.unet_config, given.vae) == (tmp_path / "unet.yaml", str(tmp_path / "vae"))
+    assert f"{tmp_path / 'vae'}: VAE folder not found" in "\n".join(given.missing())  # no config.json in it
 
-    service = LipsyncService(AppSettings(checkpoints_dir=str(tmp_path)))
+    service = LipsyncService(settings)
     assert not service.load() and "Missing checkpoints" in service.problem()
+    assert "make_tiny_checkpoints" in service.problem()
     with pytest.raises(UserError, match="Missing checkpoints"):
         service.run("v.mp4", "a.wav")
 
@@ -329,3 +334,25 @@ def test_demo_clips_are_the_default_examples():
     import gradio_app
 
     assert Path(gradio_app.parse_args([]).examples_dir) == MEDIA
+
+
+def test_flags_are_the_settings_fields_with_their_defaults():
+    import gradio_app
+
+    assert gradio_app.parse_args([]) == AppSettings()
+    given = gradio_app.parse_args(["--host", "0.0.0.0", "--port", "1", "--share", "--checkpoints_dir", "ck",
+                                   "--unet_config_path", "u.yaml", "--device", "cpu", "--dtype", "fp16",
+                                   "--face_backend", "face_alignment", "--output_dir", "o", "--examples_dir", "e",
+                                   "--max_upload_mb", "2", "--max_duration_s", "3", "--min_steps", "4",
+                                   "--max_queue", "5"])
+    assert (given.host, given.port, given.share, given.checkpoints_dir, given.unet_config_path) == \
+        ("0.0.0.0", 1, True, "ck", "u.yaml")
+    assert (given.device, given.dtype, given.face_backend, given.output_dir, given.examples_dir) == \
+        ("cpu", "fp16", "face_alignment", "o", "e")
+    assert (given.max_upload_mb, given.max_duration_s, given.min_steps, given.max_queue) == (2.0, 3.0, 4, 5)
+    from latentsync.server.settings import ServerSettings
+
+    server = ServerSettings(checkpoints_dir="ck", jobs_dir="j")
+    assert (server.max_upload_mb, server.max_duration_s) == (AppSettings().max_upload_mb, AppSettings().max_duration_s)
+    with pytest.raises(UserError, match="--min_steps 0"):
+        AppSettings(min_steps=0).check()

@@ -228,3 +228,49 @@ def test_wheel_installs_and_runs_without_the_checkout(wheel, tmp_path):
         result = subprocess.run([str(venv / "bin" / script), "--help"], **run)
         assert result.returncode == 0, f"{script} --help: {result.stderr[-2000:]}"
         assert f"usage: {script}" in result.stdout
+
+
+# -- the shell launchers (scripts/launch.sh) ---------------------------------------------------
+
+LAUNCHERS = {"inference.sh": "scripts.inference", "data_processing_pipeline.sh": "scripts.data_processing_pipeline",
+             "train_unet.sh": "scripts.train_unet", "train_syncnet.sh": "scripts.train_syncnet",
+             "train_vae.sh": "scripts.train_vae"}
+TRAINERS = ("train_unet.sh", "train_syncnet.sh", "train_vae.sh")
+
+
+@pytest.fixture
+def echo_python(tmp_path):
+    """A stand-in interpreter (PYTHON=...) that prints the command line a launcher gives it."""
+    fake = tmp_path / "python"
+    fake.write_text('#!/usr/bin/env bash\necho "ARGS $*"\n')
+    fake.chmod(0o755)
+    return fake
+
+
+def launch(name: str, *args: str, cwd, **env) -> subprocess.CompletedProcess:
+    environment = {"PATH": "/usr/bin:/bin", "HOME": str(cwd), **env}
+    return subprocess.run([str(REPO / name), *args], cwd=cwd, env=environment, capture_output=True, text=True,
+                          timeout=60)
+
+
+@pytest.mark.parametrize("name", sorted(LAUNCHERS))
+def test_every_launcher_passes_its_arguments_and_wants_some(name, echo_python, tmp_path):
+    assert 'source "$(dirname "${BASH_SOURCE[0]}")/scripts/launch.sh"' in (REPO / name).read_text()
+    result = launch(name, "--flag", "a b", cwd=tmp_path, PYTHON=str(echo_python))
+    assert result.returncode == 0 and result.stdout == f"ARGS -m {LAUNCHERS[name]} --flag a b\n", result.stderr
+    result = launch(name, cwd=tmp_path, PYTHON=str(echo_python))  # no arguments: the tool's help, exit 2
+    assert result.returncode == 2 and result.stderr == f"ARGS -m {LAUNCHERS[name]} --help\n" \
+        "error: no arguments given (the help above lists them)\n"
+
+
+@pytest.mark.parametrize("name", TRAINERS)
+def test_every_trainer_takes_num_gpus_and_an_accelerate_config(name, echo_python, tmp_path):
+    module = LAUNCHERS[name]
+    result = launch(name, "--x", cwd=tmp_path, PYTHON=str(echo_python), NUM_GPUS="4")
+    assert result.stdout == f"ARGS -m accelerate.commands.launch --multi_gpu --num_processes 4 -m {module} --x\n"
+    result = launch(name, "--x", cwd=tmp_path, PYTHON=str(echo_python), ACCELERATE_CONFIG_FILE="acc.yaml")
+    assert result.stdout == f"ARGS -m accelerate.commands.launch --config_file acc.yaml -m {module} --x\n"
+    assert launch(name, "--x", cwd=tmp_path, PYTHON=str(echo_python), NUM_GPUS="1").stdout == f"ARGS -m {module} --x\n"
+    bad = launch(name, "--x", cwd=tmp_path, PYTHON=str(echo_python), NUM_GPUS="two")
+    assert bad.returncode == 2 and bad.stderr == "error: NUM_GPUS=two: expected a positive whole number\n"
+

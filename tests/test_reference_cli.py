@@ -36,6 +36,50 @@ def restore_temp_dir(monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", tempfile.tempdir)
 
 
+# -- inference -------------------------------------------------------------------------------
+
+
+REFERENCE_INFERENCE_ARGS = ["--unet_config_path", "configs/unet/stage2.yaml", "--inference_ckpt_path",
+                            "checkpoints/latentsync_unet.pt", "--inference_steps", "20", "--guidance_scale", "1.5",
+                            "--enable_deepcache", "--video_path", "assets/demo1_video.mp4", "--audio_path",
+                            "assets/demo1_audio.wav", "--video_out_path", "video_out.mp4"]
+
+
+def test_reference_inference_flags_choose_the_same_files_and_options():
+    from pathlib import Path
+
+    from latentsync.cli_args import from_args
+    from latentsync.loading import ModelSettings
+    from latentsync.pipelines.options import options_from_args
+    from scripts import inference
+
+    args = inference.parse_args(REFERENCE_INFERENCE_ARGS)
+    files = from_args(ModelSettings, args).model_files()
+    assert files.unet_config == Path("configs/unet/stage2.yaml")
+    assert files.unet_ckpt == Path("checkpoints/latentsync_unet.pt")
+    assert (files.vae, files.whisper, files.checkpoints_dir) == ("checkpoints/sd-vae-ft-mse", None, Path("checkpoints"))
+    options = options_from_args(args)
+    assert (options.inference_steps, options.guidance_scale, options.enable_deepcache) == (20, 1.5, True)
+
+
+def test_first_run_without_weights_says_where_to_get_them_and_how_to_smoke_test(tmp_path, capsys):
+    """The README's first example before any weights exist: one line naming the file, its source,
+    and the exact command for a run without them."""
+    from scripts.inference import main
+
+    args = REFERENCE_INFERENCE_ARGS + ["--video_path", str(REPO / "assets/demo1_video.mp4"), "--audio_path",
+                                       str(REPO / "assets/demo1_audio.wav"), "--video_out_path", str(tmp_path / "o.mp4"),
+                                       "--checkpoints_dir", str(tmp_path / "none"),
+                                       "--inference_ckpt_path", str(tmp_path / "none/latentsync_unet.pt")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    missing = tmp_path / "none/latentsync_unet.pt"
+    assert err.count("\n") == 1 and err.startswith(f"error: {missing}: checkpoint file not found")
+    assert "https://huggingface.co/ByteDance/LatentSync-1.6 file latentsync_unet.pt" in err
+    assert "2 more file(s) missing" in err and "python -m scripts.download_checkpoints" in err
+    assert "`python -m scripts.make_tiny_checkpoints --output_dir /tmp/latentsync-tiny`" in err
+
+
 # -- data pipeline ---------------------------------------------------------------------------
 
 

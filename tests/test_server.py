@@ -84,8 +84,10 @@ def free_port() -> int:
 
 
 def start_server(tiny, jobs_dir, port, log):
+    from scripts.make_tiny_checkpoints import inference_flags
+
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    process = subprocess.Popen([sys.executable, "-m", "latentsync.server", "--checkpoints_dir", tiny, "--jobs_dir",
+    process = subprocess.Popen([sys.executable, "-m", "latentsync.server", *inference_flags(tiny), "--jobs_dir",
                                 jobs_dir, "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"],
                                cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -306,3 +308,24 @@ def test_preset_fills_the_options_the_client_did_not_send(media, tmp_path):
         assert plain["scheduler"] == "ddim" and plain["inference_steps"] == 20
         bad = client.post("/jobs", **upload(media, preset="fastest"))
         assert bad.status_code == 400 and bad.json()["detail"].startswith("preset 'fastest': expected one of")
+
+
+def test_flags_are_the_settings_fields_with_their_defaults():
+    from dataclasses import fields
+
+    from latentsync.server.cli import parse_args
+
+    settings = parse_args(["--checkpoints_dir", "ck", "--jobs_dir", "jobs"])
+    defaults = ServerSettings(checkpoints_dir="ck", jobs_dir="jobs")
+    assert settings == defaults and settings.devices == ["auto"] and settings.max_duration_s == 120.0
+    old_flags = ["--host", "h", "--port", "1", "--api_key", "k", "--max_queue", "2", "--max_upload_mb", "3",
+                 "--max_duration_s", "4", "--max_steps", "5", "--retention_hours", "6", "--device", "cpu, cuda:1",
+                 "--dtype", "bf16", "--face_backend", "insightface", "--unet_config_path", "u.yaml"]
+    given = parse_args(["--checkpoints_dir", "ck", "--jobs_dir", "jobs", *old_flags])
+    assert (given.host, given.port, given.api_key, given.max_queue, given.max_upload_mb, given.max_duration_s,
+            given.max_steps, given.retention_hours) == ("h", 1, "k", 2, 3.0, 4.0, 5, 6.0)
+    assert (given.devices, given.dtype, given.face_backend) == (["cpu", "cuda:1"], "bf16", "insightface")
+    assert given.model_files().unet_config == Path("u.yaml")
+    assert {f.name for f in fields(ServerSettings)} >= {"inference_ckpt_path", "whisper_ckpt_path", "vae_path"}
+    with pytest.raises(SystemExit):
+        parse_args(["--jobs_dir", "jobs"])  # --checkpoints_dir stays required

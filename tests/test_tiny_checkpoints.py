@@ -1,5 +1,6 @@
 """`python -m scripts.make_tiny_checkpoints` writes a complete set that the official loaders accept."""
 
+import shlex
 import subprocess
 import sys
 
@@ -11,6 +12,7 @@ from conftest import REPO
 from latentsync.audio import AudioEncoder
 from latentsync.models import load_syncnet, load_unet
 from latentsync.models.checkpoint import read_state_dict
+from scripts.make_tiny_checkpoints import inference_flags, model_files
 
 
 def test_tiny_checkpoint_set_in_official_formats(tmp_path):
@@ -21,6 +23,8 @@ def test_tiny_checkpoint_set_in_official_formats(tmp_path):
     for name in ("unet.yaml", "latentsync_unet.pt", "syncnet.yaml", "stable_syncnet.pt", "whisper/tiny.pt",
                  "vae/config.json", "vae/diffusion_pytorch_model.safetensors"):
         assert (out / name).is_file(), name
+    assert model_files(out).check() == model_files(out)  # complete, and the files a run is pointed at
+    assert shlex.join(inference_flags(out)) in result.stdout  # printed for the user to copy
 
     raw = torch.load(out / "latentsync_unet.pt", weights_only=True)
     assert set(raw) == {"state_dict", "global_step"}  # the layout of the released latentsync_unet.pt

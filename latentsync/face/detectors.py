@@ -27,8 +27,8 @@ from latentsync.errors import UserError
 
 logger = logging.getLogger(__name__)
 
-DETECTOR_NAMES = ("mediapipe", "insightface", "face_alignment")
-DEFAULT_DETECTOR = "mediapipe"
+DETECTOR_NAMES = ("mediapipe", "insightface", "face_alignment")  # what --face_backend takes
+DEFAULT_FACE_BACKEND = "mediapipe"  # the default of every --face_backend
 
 # MediaPipe FaceMesh indices of the three point groups (= 68-point 17-21, 22-26, 27-35; docs/face-processing.md).
 MEDIAPIPE_POINT_GROUPS = (
@@ -196,7 +196,7 @@ class InsightFaceDetector(FaceDetector):
         folder = default_path("insightface", checkpoints_dir)  # <checkpoints>/auxiliary/models/buffalo_l
         root = folder.parent.parent
         _require("insightface", "pip install insightface onnxruntime",
-                 [folder / name for name in BUFFALO_FILES], "--face_detector insightface",
+                 [folder / name for name in BUFFALO_FILES], "--face_backend insightface",
                  BUFFALO_SOURCE)
         FaceAnalysis = _import_backend("insightface.app",
                                        "pip install insightface onnxruntime").FaceAnalysis
@@ -254,7 +254,7 @@ class FaceAlignmentDetector(FaceDetector):
     def __init__(self, checkpoints_dir: str | Path = CHECKPOINTS_DIR, device=None):
         files = [default_path(name, checkpoints_dir) for name in FAN_WEIGHTS]
         _require("face_alignment", "pip install face-alignment", files,
-                 "--face_detector face_alignment")
+                 "--face_backend face_alignment")
         face_alignment = _import_backend("face_alignment", "pip install face-alignment")
 
         kind, index = _device_type(device)
@@ -280,7 +280,7 @@ class FaceAlignmentDetector(FaceDetector):
         return faces
 
 
-def make_face_detector(name: str = DEFAULT_DETECTOR, checkpoints_dir: str | Path = CHECKPOINTS_DIR,
+def make_face_detector(name: str = DEFAULT_FACE_BACKEND, checkpoints_dir: str | Path = CHECKPOINTS_DIR,
                        device=None) -> FaceDetector:
     """The detector backend called `name` (one of DETECTOR_NAMES)."""
     if name == "mediapipe":
@@ -289,4 +289,4 @@ def make_face_detector(name: str = DEFAULT_DETECTOR, checkpoints_dir: str | Path
         return InsightFaceDetector(checkpoints_dir, device)
     if name == "face_alignment":
         return FaceAlignmentDetector(checkpoints_dir, device)
-    raise UserError(f"--face_detector {name!r}: expected one of {', '.join(DETECTOR_NAMES)}")
+    raise UserError(f"--face_backend {name!r}: expected one of {', '.join(DETECTOR_NAMES)}")

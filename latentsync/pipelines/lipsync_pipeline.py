@@ -230,12 +230,21 @@ class LipsyncPipeline(DiffusionPipeline):
 
     @classmethod
     def from_checkpoints(cls, unet_config_path, inference_ckpt_path, whisper_ckpt_path=None,
-                         vae_path=loading.DEFAULT_VAE, device=None, dtype=None, face_backend: str = "mediapipe",
-                         checkpoints_dir: str | os.PathLike = loading.CHECKPOINTS_DIR) -> "LipsyncPipeline":
-        """Everything inference needs, loaded from files (whisper_ckpt_path None: picked by the UNet's width)."""
-        files = loading.resolve_files(unet_config_path, inference_ckpt_path, whisper_ckpt_path, vae_path,
-                                      checkpoints_dir)
-        return cls(**loading.load_components(files, device, dtype, face_backend, checkpoints_dir))
+                         vae_path=None, device=None, dtype=None, face_backend: str | None = None,
+                         checkpoints_dir: str | os.PathLike | None = None) -> "LipsyncPipeline":
+        """`from_files` with the files given one by one (whisper_ckpt_path None: picked by the UNet's
+        width; vae_path None: the VAE folder under checkpoints_dir)."""
+        files = loading.ModelFiles.in_folder(checkpoints_dir, unet_config=unet_config_path,
+                                             unet_ckpt=inference_ckpt_path, whisper=whisper_ckpt_path, vae=vae_path)
+        return cls.from_files(files, device=device, dtype=dtype, face_backend=face_backend)
+
+    @classmethod
+    def from_files(cls, files: loading.ModelFiles, device=None, dtype=None, face_backend: str | None = None,
+                   **loaded) -> "LipsyncPipeline":
+        """Everything inference needs, loaded from `files` (checked first: a UserError names a missing
+        file and where to get it); `face_backend` None: the default detector. `loaded` (unet,
+        audio_encoder, vae) are parts already in memory, used instead of loading them."""
+        return cls(**loading.load_components(files, device, dtype, face_backend, **loaded))
 
     # -- the algorithm -------------------------------------------------------------------------
 

@@ -13,46 +13,26 @@ import functools
 import logging
 import sys
 
-from latentsync.errors import EXIT_USER_ERROR, UserError
-from latentsync.jobs import checkpoint_paths, load_pipeline, run_dub
-from latentsync.server.settings import DEFAULT_HOST, DEFAULT_PORT, ServerSettings
+from latentsync.cli_args import TRAIN_LOG_FORMAT, add_arguments, from_args, run_cli
+from latentsync.jobs import PipelineSpec, load_pipeline, run_dub
+from latentsync.server.settings import ServerSettings
 
 logger = logging.getLogger("latentsync.server")
 
 
 def parse_args(argv=None) -> ServerSettings:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoints_dir", required=True, help="model files, laid out as for gradio_app.py")
-    p.add_argument("--jobs_dir", required=True, help="job database, uploads and results (created if needed)")
-    p.add_argument("--host", default=DEFAULT_HOST, help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT)
-    p.add_argument("--api_key", default=None, help="require 'Authorization: Bearer KEY' (needed off loopback)")
-    p.add_argument("--max_queue", type=int, default=16, help="jobs queued or running before submissions get 429")
-    p.add_argument("--max_upload_mb", type=float, default=200.0, help="per uploaded file")
-    p.add_argument("--max_duration_s", type=float, default=120.0, help="longest video or audio accepted")
-    p.add_argument("--max_steps", type=int, default=100, help="largest inference_steps accepted")
-    p.add_argument("--retention_hours", type=float, default=24.0, help="finished jobs are removed after this")
-    p.add_argument("--device", default="auto", help="one worker per device, comma-separated (e.g. cuda:0,cuda:1)")
-    p.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"], help="default: fp16 on CUDA, else fp32")
-    p.add_argument("--face_backend", default="mediapipe", choices=["mediapipe", "insightface", "face_alignment"])
-    p.add_argument("--unet_config_path", default=None, help="default: DIR/unet.yaml if present, else 1.6's config")
-    a = p.parse_args(argv)
-    return ServerSettings(checkpoints_dir=a.checkpoints_dir, jobs_dir=a.jobs_dir, host=a.host, port=a.port,
-                          api_key=a.api_key, max_queue=a.max_queue, max_upload_mb=a.max_upload_mb,
-                          max_duration_s=a.max_duration_s, max_steps=a.max_steps, retention_hours=a.retention_hours,
-                          devices=[d.strip() for d in a.device.split(",") if d.strip()] or ["auto"],
-                          dtype=a.dtype, face_backend=a.face_backend, unet_config_path=a.unet_config_path)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser, ServerSettings)
+    return from_args(ServerSettings, parser.parse_args(argv))
 
 
 def load_dubs(settings: ServerSettings) -> dict:
     """device -> dub function bound to a pipeline loaded on that device (loaded once, here)."""
-    paths = checkpoint_paths(settings.checkpoints_dir, settings.unet_config_path)
+    files = settings.model_files().check()
     dubs = {}
     for device in settings.devices:
         logger.info("loading the models on %s", device)
-        pipeline = load_pipeline(paths.unet_config, paths.unet_ckpt, paths.whisper, paths.vae,
-                                 device=None if device == "auto" else device, dtype=settings.dtype,
-                                 face_backend=settings.face_backend, checkpoints_dir=settings.checkpoints_dir)
+        pipeline = load_pipeline(PipelineSpec(files, device, settings.dtype, settings.face_backend))
         dubs[device] = functools.partial(run_dub, pipeline)
     return dubs
 
@@ -69,14 +49,7 @@ def serve(settings: ServerSettings) -> None:
 
 
 def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = parse_args(argv)
-    try:
-        serve(settings)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    return 0
+    return run_cli(lambda: serve(parse_args(argv)), TRAIN_LOG_FORMAT)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import shutil
 import uuid
 from pathlib import Path
 
+from latentsync.constants import AUDIO_EXTENSIONS, VIDEO_EXTENSIONS
 from latentsync.io import TEMP_MARK
 
 INCOMING = ".incoming"
@@ -21,8 +22,7 @@ RESULT_NAME = "result.mp4"
 SCRATCH = "tmp"
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 # extensions kept on stored uploads (some demuxers look at them); anything else is stored bare
-SAFE_EXTS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".wav", ".mp3", ".m4a", ".aac", ".flac",
-             ".ogg", ".opus")
+SAFE_EXTS = VIDEO_EXTENSIONS + AUDIO_EXTENSIONS
 
 
 def new_job_id() -> str:

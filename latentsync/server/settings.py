@@ -3,30 +3,38 @@
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from latentsync.app import UploadLimits
+from latentsync.cli_args import setting
 from latentsync.errors import UserError
+from latentsync.loading import ModelSettings
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
+AUTO_DEVICE = "auto"
 
 
-@dataclass
-class ServerSettings:
-    checkpoints_dir: str
-    jobs_dir: str
-    host: str = DEFAULT_HOST
-    port: int = DEFAULT_PORT
-    api_key: str | None = None
-    max_queue: int = 16  # jobs queued or running; more submissions get 429
-    max_upload_mb: float = 200.0  # per file
-    max_duration_s: float = 120.0  # per file (video and audio)
-    max_steps: int = 100
-    retention_hours: float = 24.0  # finished jobs (and their results) are removed after this
-    devices: list[str] = field(default_factory=lambda: ["auto"])  # one worker (and model copy) per device
-    dtype: str | None = None
-    face_backend: str = "mediapipe"
-    unet_config_path: str | None = None
+@dataclass(kw_only=True)
+class ServerSettings(UploadLimits, ModelSettings):
+    """Everything `python -m latentsync.server` sets (one flag per field; the model files, hardware
+    and upload limits are the Gradio app's flags too)."""
+
+    checkpoints_dir: str = setting(help="model files, laid out as for the inference CLI (see --help of it)")
+    jobs_dir: str = setting(help="job database, uploads and results (created if needed)")
+    host: str = setting(DEFAULT_HOST, "address to bind (default 127.0.0.1: this machine only)")
+    port: int = setting(DEFAULT_PORT, "port to listen on")
+    api_key: str | None = setting(None, "require 'Authorization: Bearer KEY' (needed off loopback)")
+    max_queue: int = setting(16, "jobs queued or running before submissions get 429")
+    max_steps: int = setting(100, "largest inference_steps accepted")
+    retention_hours: float = setting(24.0, "finished jobs (and their results) are removed after this")
+    device: str = setting(AUTO_DEVICE, "one worker (and model copy) per device, comma-separated "
+                                       "(e.g. cuda:0,cuda:1; auto: the best available)")
+
+    @property
+    def devices(self) -> list[str]:
+        """The devices of --device, one worker each."""
+        return [d.strip() for d in self.device.split(",") if d.strip()] or [AUTO_DEVICE]
 
     def check(self) -> None:
         """UserError for settings that would make the server unsafe or useless."""

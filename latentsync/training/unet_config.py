@@ -18,6 +18,7 @@ from latentsync.checkpoints import default_path
 from latentsync.constants import MODEL_FPS, SAMPLE_RATE
 from latentsync.data.syncnet_dataset import videos_from_config
 from latentsync.errors import UserError
+from latentsync.face.detectors import DEFAULT_FACE_BACKEND
 from latentsync.face.mask import resolve_mask
 from latentsync.losses.videomae import VisionTransformer3D
 from latentsync.models.unet import DEFAULT_MOTION_KWARGS, UNet3DConditionModel
@@ -86,7 +87,7 @@ class UNetRun(RunSection):
     allow_random_aux_weights: bool = False  # missing VGG / VideoMAE files mean random weights (smoke runs only)
     inference_steps: int = 20  # validation video
     guidance_scale: float = 1.5  # validation video
-    face_backend: str = "mediapipe"  # validation video's face detector
+    face_backend: str = DEFAULT_FACE_BACKEND  # validation video's face detector
     enable_xformers_memory_efficient_attention: bool = False  # ignored (the 1.0 configs carry it)
 
 

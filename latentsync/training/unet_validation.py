@@ -7,16 +7,15 @@ from pathlib import Path
 
 import torch
 
-from latentsync.face.detectors import make_face_detector
-from latentsync.face.mask import resolve_mask
+from latentsync.face.detectors import DEFAULT_FACE_BACKEND
+from latentsync.loading import ModelFiles
 from latentsync.pipelines.lipsync_pipeline import LipsyncPipeline
 from latentsync.pipelines.options import LipsyncOptions
-from latentsync.schedulers import make_scheduler
 from latentsync.training.unet_config import UNetConfig
 
 logger = logging.getLogger(__name__)
 
-SYNC_DETECTOR = "mediapipe"
+SYNC_DETECTOR = DEFAULT_FACE_BACKEND  # the face tracks of the SyncNet-v2 confidence
 
 
 class Validator:
@@ -49,12 +48,10 @@ class Validator:
         return out, self.sync_confidence(out)
 
     def get_pipeline(self, unet) -> LipsyncPipeline:
-        if self.pipeline is None:
-            self.pipeline = LipsyncPipeline(
-                vae=self.vae, unet=unet, audio_encoder=self.encoder,
-                scheduler=make_scheduler(prediction_type=self.config.run.prediction_type),
-                face_detector=make_face_detector(self.config.run.face_backend),
-                resolution=self.config.data.resolution, mask_path=resolve_mask(self.config.data.mask_image_path))
+        if self.pipeline is None:  # the run's config as used (config.yaml) with the models in memory
+            self.pipeline = LipsyncPipeline.from_files(
+                ModelFiles(unet_config=self.run_dir / "config.yaml"), device=self.device,
+                face_backend=self.config.run.face_backend, unet=unet, vae=self.vae, audio_encoder=self.encoder)
         return self.pipeline
 
     def syncnet_v2_path(self) -> Path | None:

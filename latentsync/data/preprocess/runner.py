@@ -44,13 +44,12 @@ from latentsync.data.preprocess import (align_faces, check_faces, detect_shots, 
                                         remove_broken, resample, segment, sync_av)
 from latentsync.data.preprocess.common import (REENCODE_MODES, PipelineOptions, StageResult, link_or_copy,
                                                segment_frames)
-from latentsync.io import TEMP_MARK, atomic_write_text, discard
+from latentsync.constants import VIDEO_EXTENSIONS
 from latentsync.errors import UserError
+from latentsync.io import TEMP_MARK, atomic_write_text, discard
 
 logger = logging.getLogger(__name__)
 
-VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".flv", ".mpg", ".mpeg",
-                    ".ts", ".wmv")
 LEDGER_DIR = "ledger"
 REPORTS_DIR = "reports"
 FILESLIST = "fileslist.txt"
