@@ -56,7 +56,7 @@ class Speech:
 
     wav: np.ndarray  # 16 kHz mono (silence muted with silence "mute"): what the UNet hears
     num_out: int  # output frames at the model's rate: the output is exactly as long as the speech
-    speech: np.ndarray  # bool [num_out]: the frame has speech (latentsync/vad.py)
+    has_speech: np.ndarray  # bool [num_out]: the frame has speech (latentsync/vad.py)
     features: torch.Tensor  # Whisper features [T, layers, D]
     rows: list  # chunk_indices: the feature rows of each output frame
 
@@ -214,7 +214,7 @@ class DubRun:
             self.track = stack.enter_context(FaceTrack.create(self.folder, self.num_faces, self.pipe.resolution,
                                                               keep_frames=self.looping))
             self.workers = stack.enter_context(Workers())
-            keep = self.speech.speech if self.options.silence == "keep" else None
+            keep = self.speech.has_speech if self.options.silence == "keep" else None
             self.schedule = Schedule(self.track, self.speech.num_out, keep, self.options)
             self.channel = Channel(self.workers, maxsize=QUEUED_SEGMENTS * self.options.num_frames)
             self.noise = self.pipe.prepare_noise(self.generator)  # the generator's first draw
