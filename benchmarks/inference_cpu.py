@@ -47,6 +47,7 @@ def segment_timings(config_name: str, steps: int) -> dict:
     from latentsync.face.tracking import FaceTracker
     from latentsync.face.alignment import AlignRestore
     from latentsync.models import UNet3DConditionModel
+    from latentsync.models.unet import Conditioning
     from latentsync.pipelines.lipsync_pipeline import LipsyncPipeline
     from latentsync.schedulers import make_scheduler
     from latentsync.video import VideoWriter, iter_frames
@@ -75,7 +76,8 @@ def segment_timings(config_name: str, steps: int) -> dict:
             1, 1, FRAMES, *masked.shape[-2:])
         audio = torch.randn(FRAMES, 50, 384)
         noise = pipe.prepare_noise(generator).expand(-1, -1, FRAMES, -1, -1)
-        latents, elapsed = timed(lambda: pipe.denoise(noise, latent_mask, masked, ref, audio, steps, 1.5))
+        conditioning = Conditioning(latent_mask, masked, ref)
+        latents, elapsed = timed(lambda: pipe.denoise(noise, conditioning, audio, steps, 1.5))
         t["unet_per_step"] = elapsed / steps
         t["unet_20_steps"] = t["unet_per_step"] * 20
         decoded, t["vae_decode"] = timed(lambda: pipe.decode(latents))

@@ -8,16 +8,18 @@ Runs the whole pipeline (face pass, VAE, UNet, paste-back, encoding) on the same
 from assets/demo1_video.mp4 with the reference settings (DDIM 20 steps, fp32, no cache, full
 decode), each preset of `--preset` (latentsync/pipelines/options.py) and the VARIANTS below (a
 preset with one option set back, to show that option's share), and reports per run: wall seconds
-per output frame end to end, busy seconds per stage, peak RSS, and the distance of the generated
+per output frame end to end, busy seconds per phase, peak RSS, and the distance of the generated
 mouth region from the reference settings' output (mean absolute difference and PSNR over the area
 the mask regenerates, on the aligned 256 px faces). Then it times one guided UNet call under each
 CPU kernel option (fp32, bf16 autocast, int8 Linear layers, channels_last) with its error against fp32.
 
-The pipeline overlaps its stages (latentsync/pipelines/stages.py): the face pass and the
-paste-back + encoding run in threads next to the model, so stage times do not add up to the wall
-time. Each stage's *busy* seconds are the wall seconds spent inside its own work, its waits for
-the other stages left out (see StageTimer); `outside_model` is the run's wall time minus the
-model's busy time (VAE encode, UNet, VAE decode): the part of the run the overlap did not hide.
+The pipeline overlaps its work (latentsync/pipelines/dub_run.py, workers.py): the face pass and
+the paste-back + encoding run in worker threads next to the model, so phase times do not add up
+to the wall time. Each phase's *busy* seconds are the wall seconds spent inside its own work, its
+waits for the other threads left out: the pipeline tells its RunHooks when each phase begins and
+ends (latentsync/pipelines/results.py), and PhaseTimer adds them up; `outside_model` is the run's
+wall time minus the model's busy time (VAE encode, UNet, VAE decode): the part of the run the
+overlap did not hide.
 
 Models: the stage2 layout (configs/unet/stage2.yaml, 256 px) and an SD-sized VAE with random
 weights (every parameter drawn with std 1/sqrt(fan_in), as scripts/make_tiny_checkpoints.py does);
@@ -42,15 +44,14 @@ Writes speed.md and speed.json to --out_dir (default docs/benchmarks) unless --n
 """
 
 import argparse
-import contextlib
 import datetime
-import itertools
 import json
 import os
 import platform
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -63,18 +64,20 @@ sys.path.insert(0, str(REPO))
 from latentsync.errors import EXIT_USER_ERROR, UserError  # noqa: E402
 from latentsync.io import atomic_write_text  # noqa: E402
 from latentsync.pipelines.options import PRESETS, LipsyncOptions, preset_options  # noqa: E402
+from latentsync.pipelines.results import (AUDIO, DECODE, DENOISE, ENCODE, FACE_PASS, MUX, PHASES, WRITE,  # noqa: E402
+                                          RunHooks)
 
 MEDIA = REPO / "assets"
 OUT_DIR = REPO / "docs" / "benchmarks"
 REFERENCE_NAME = "reference"
-REFERENCE_SETTINGS = dict(scheduler="ddim", inference_steps=20, enable_deepcache=False, autocast="off",
-                          cpu_kernels="none", decode_region="full")
+REFERENCE_SETTINGS = PRESETS["quality"]  # the quality preset is the reference settings (= the option defaults)
 # a preset with one option set back to the reference: shows what that option alone buys end to end
 VARIANTS = {"fast, full decode": ("fast", dict(decode_region="full")),
             "balanced, fp32": ("balanced", dict(autocast="off"))}
-MODEL_STAGES = ("encode", "denoise", "decode")  # pipeline methods run by the model (main thread)
-# busy seconds reported per run, in pipeline order (see StageTimer), then outside_model
-STAGES = ("audio", "face_pass", *MODEL_STAGES, "paste_write", "mux")
+MODEL_PHASES = (ENCODE, DENOISE, DECODE)  # the model's work (main thread)
+# busy seconds reported per run, in pipeline order (see PhaseTimer), then outside_model; the UNet
+# calls (UNET) are most of DENOISE and not reported apart
+REPORTED_PHASES = (AUDIO, FACE_PASS, *MODEL_PHASES, WRITE, MUX)
 SD_VAE = dict(block_out_channels=[128, 256, 512, 512], down_block_types=["DownEncoderBlock2D"] * 4,
               up_block_types=["UpDecoderBlock2D"] * 4, layers_per_block=2, latent_channels=4, sample_size=512)
 QUICK_UNET_WIDTHS = [32, 64, 128, 128]
@@ -167,84 +170,31 @@ def each_distinct(settings: dict[str, LipsyncOptions], measure) -> dict[str, dic
 
 # -- measuring -----------------------------------------------------------------------------------
 
-def on_writer_channel(pipe, wrap) -> None:
-    """Make the pipeline's writer stage read its frames through `wrap(channel.get)` (the writer
-    thread is the channel's only reader; it gets (source frame, generated face or None) per output
-    frame, in output order)."""
-    write_frames = pipe.write_frames
+class PhaseTimer(RunHooks):
+    """Busy wall seconds per phase of one run, and the generated faces by output frame (the
+    pipeline's RunHooks: nothing of the pipeline is replaced).
 
-    def wrapper(channel, *args, **kwargs):
-        channel.get = wrap(channel.get)
-        return write_frames(channel, *args, **kwargs)
-
-    pipe.write_frames = wrapper
-
-
-class StageTimer:
-    """Busy wall seconds per stage of a run (methods wrapped on the instance, so nothing else changes).
-
-    audio: the Whisper features; face_pass: the face-pass thread's whole function (it never waits
-    for another stage); encode, denoise, decode: the model's methods on the main thread;
-    paste_write: the writer thread's function (re-reading source frames, pasting back, encoding)
-    less its waits for the model's frames; mux: muxing the speech in (a module function, patched
-    while the timer is entered). Stages overlap, so their sum can exceed the wall time.
+    audio: reading the speech and the Whisper features; face_pass: the face-pass worker's whole
+    work (it never waits for another thread); encode, denoise, decode: the model, on the main
+    thread; write: the writer's paste-back and encoding, its waits for the model's frames left
+    out; mux: muxing the speech in. Phases of different threads overlap, so their sum can exceed
+    the wall time. The faces [res, res, 3] in [-1, 1] are those the writer pastes back (a
+    segment's overlapping tail resolved as written).
     """
 
-    def __init__(self, pipe):
-        self.seconds = dict.fromkeys((*STAGES, "writer_wait"), 0.0)
-        for name in ("face_pass", *MODEL_STAGES):
-            setattr(pipe, name, self.timed(name, getattr(pipe, name)))
-        pipe.audio_encoder.features = self.timed("audio", pipe.audio_encoder.features)
-        pipe.write_frames = self.timed("paste_write", pipe.write_frames)
-        on_writer_channel(pipe, lambda get: self.timed("writer_wait", get))
-
-    def timed(self, name, method):
-        def wrapper(*args, **kwargs):
-            start = time.perf_counter()
-            try:
-                return method(*args, **kwargs)
-            finally:  # each name is timed from one thread only, so no lock is needed
-                self.seconds[name] += time.perf_counter() - start
-        return wrapper
-
-    @contextlib.contextmanager
-    def timing_mux(self):
-        from latentsync.pipelines import lipsync_pipeline
-
-        original = lipsync_pipeline.mux_audio
-        lipsync_pipeline.mux_audio = self.timed("mux", original)
-        try:
-            yield
-        finally:
-            lipsync_pipeline.mux_audio = original
-
-    def reset(self) -> None:
-        self.seconds = dict.fromkeys(self.seconds, 0.0)
-
-    def busy(self) -> dict:
-        seconds = dict(self.seconds)
-        seconds["paste_write"] -= seconds.pop("writer_wait")
-        return seconds
-
-
-class FaceRecorder:
-    """The generated faces [res, res, 3] in [-1, 1] by output frame, as the writer receives them to
-    paste back (a segment's overlapping tail resolved as written)."""
-
-    def __init__(self, pipe):
+    def __init__(self):
+        self.seconds = dict.fromkeys(PHASES, 0.0)
         self.faces: dict[int, np.ndarray] = {}
-        on_writer_channel(pipe, self._recording)
+        self._started: dict[tuple[int, str], float] = {}
 
-    def _recording(self, get):
-        count = itertools.count()
+    def begin(self, phase: str) -> None:
+        self._started[threading.get_ident(), phase] = time.perf_counter()
 
-        def wrapper():
-            item = get()
-            j, face = next(count), item[1]
-            if face is not None:
-                self.faces[j] = face.astype(np.float32)
-            return item
-        return wrapper
+    def end(self, phase: str) -> None:  # each phase is timed from one thread only, so no lock is needed
+        self.seconds[phase] += time.perf_counter() - self._started.pop((threading.get_ident(), phase))
+
+    def face(self, frame: int, face: np.ndarray) -> None:
+        self.faces[frame] = face.astype(np.float32)
 
 
 def reset_peak_rss() -> bool:
@@ -270,21 +220,19 @@ def mouth_distance(faces: dict, reference: dict, mask: np.ndarray) -> dict:
     return dict(mouth_mae=float(np.mean(np.abs(diffs))), mouth_psnr_db=psnr)
 
 
-def run_settings(pipe, timer, recorder, video, audio, out: Path, opts: LipsyncOptions) -> dict:
-    """One whole pipeline call: wall and busy seconds (StageTimer), peak RSS and the generated faces."""
-    timer.reset()
-    recorder.faces = {}
+def run_settings(pipe, video, audio, out: Path, opts: LipsyncOptions) -> dict:
+    """One whole pipeline call: wall and busy seconds (PhaseTimer), peak RSS and the generated faces."""
+    timer = PhaseTimer()
     rss_reset = reset_peak_rss()
     start = time.perf_counter()
-    with timer.timing_mux():
-        result = pipe(video, audio, out, opts)
+    result = pipe(video, audio, out, opts, hooks=timer)
     total = time.perf_counter() - start
-    stages = timer.busy()
-    stages["outside_model"] = total - sum(stages[name] for name in MODEL_STAGES)
+    phases = {name: timer.seconds[name] for name in REPORTED_PHASES}
+    phases["outside_model"] = total - sum(phases[name] for name in MODEL_PHASES)
     return dict(seconds=total, seconds_per_frame=total / result.num_frames, frames=result.num_frames,
-                stages={k: round(v, 2) for k, v in stages.items()}, peak_rss_mb=round(peak_rss_mb(), 1),
+                phases={k: round(v, 2) for k, v in phases.items()}, peak_rss_mb=round(peak_rss_mb(), 1),
                 peak_rss_is_per_run=rss_reset, options={k: getattr(opts, k) for k in REFERENCE_SETTINGS},
-                faces=recorder.faces)
+                faces=timer.faces)
 
 
 def kernel_table(pipe, frames: int, repeats: int = 2) -> list[dict]:
@@ -301,7 +249,7 @@ def kernel_table(pipe, frames: int, repeats: int = 2) -> list[dict]:
         if values.get("autocast") and autocast_dtype(values["autocast"], pipe.unet.device) is None:
             rows.append(dict(option=name, seconds=None, max_abs_error=None, note="not native here: falls back to fp32"))
             continue
-        with torch.no_grad(), pipe.accelerator.apply(opts) as runtime:
+        with torch.no_grad(), pipe.speed.apply(opts) as runtime:
             times = []
             for _ in range(repeats):
                 start = time.perf_counter()
@@ -573,19 +521,19 @@ def environment() -> dict:
                 native_bf16=native_cpu_dtype(torch.bfloat16), cores=os.cpu_count())
 
 
-# table columns after the settings name: (heading, key in a run's `stages`)
-STAGE_COLUMNS = (("Whisper", "audio"), ("face", "face_pass"), ("VAE enc", "encode"), ("UNet", "denoise"),
-                 ("VAE dec", "decode"), ("paste+write", "paste_write"), ("mux", "mux"),
-                 ("outside model", "outside_model"))
+# table columns after the settings name: (heading, key in a run's `phases`)
+PHASE_COLUMNS = (("audio", AUDIO), ("face", FACE_PASS), ("VAE enc", ENCODE), ("UNet", DENOISE), ("VAE dec", DECODE),
+                 ("paste+write", WRITE), ("mux", MUX), ("outside model", "outside_model"))
 
 
 def table(runs: dict) -> str:
-    heads = ["settings", "s/frame", "speedup", *(h for h, _ in STAGE_COLUMNS), "peak RSS MB", "mouth MAE",
+    heads = ["settings", "s/frame", "speedup", *(h for h, _ in PHASE_COLUMNS), "peak RSS MB", "mouth MAE",
              "mouth PSNR dB"]
     lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
     for name, r in runs.items():
-        stages = [_seconds(r["stages"].get(key)) for _, key in STAGE_COLUMNS]  # "-": a report from before a stage
-        lines.append(f"| {name} | {r['seconds_per_frame']:.2f} | {r['speedup']:.2f}x | " + " | ".join(stages) +
+        phases = r.get("phases", r.get("stages", {}))  # ("stages": a report from before the hooks)
+        cells = [_seconds(phases.get(key)) for _, key in PHASE_COLUMNS]  # "-": a report from before a phase
+        lines.append(f"| {name} | {r['seconds_per_frame']:.2f} | {r['speedup']:.2f}x | " + " | ".join(cells) +
                      f" | {r['peak_rss_mb']:.0f} | {r['mouth_mae']:.2f} | {_db(r['mouth_psnr_db'])} |")
     return "\n".join(lines)
 
@@ -623,14 +571,14 @@ Command: `{command}` at commit {env['commit']}, {env['date']}; torch {env['torch
 
 {table(runs)}
 
-Seconds per output frame are the wall time of the whole call (Whisper features, face pass, VAE,
-UNet, paste-back, encoding, mux) over the output frames. The face pass and the paste-back +
-encoding run in threads next to the model (latentsync/pipelines/stages.py), so the stage columns
-are *busy* seconds for the whole clip: time inside each stage's own work, its waits for the other
-stages left out; overlapping stages share the CPU, so they add up to more than the wall time.
-"outside model" is the wall time minus the model's busy time (VAE enc + UNet + VAE dec): what the
-overlap did not hide (Whisper features, waiting for the first faces and for the last frames to be
-written, mux). Mouth MAE (0..255) and PSNR compare each run's generated faces with the reference
+Seconds per output frame are the wall time of the whole call (audio and Whisper features, face
+pass, VAE, UNet, paste-back, encoding, mux) over the output frames. The face pass and the
+paste-back + encoding run in worker threads next to the model (latentsync/pipelines/dub_run.py),
+so the phase columns are *busy* seconds for the whole clip, as the pipeline's timing hooks
+report them: time inside each phase's own work, its waits for the other threads left out;
+overlapping phases share the CPU, so they add up to more than the wall time. "outside model" is
+the wall time minus the model's busy time (VAE enc + UNet + VAE dec): what the overlap did not
+hide (audio features, waiting for the first faces and for the last frames to be written, mux). Mouth MAE (0..255) and PSNR compare each run's generated faces with the reference
 settings' inside the regenerated (mask) area. The weights are random, so these distances show how
 far a preset's sampling drifts from DDIM-20, not lip-sync quality. A run whose settings equal an
 earlier run's (quality = the reference settings) reuses that run.{_variant_lines(runs)}
@@ -704,12 +652,11 @@ def main(argv=None) -> int:
 
 def measure_runs(pipe, video: Path, audio: Path, tmp: Path, presets: list[str]) -> dict:
     """One pipeline call per settings (reference, presets, variants), with speedup and mouth distance."""
-    timer, recorder = StageTimer(pipe), FaceRecorder(pipe)
     settings = run_settings_list(presets)
 
     def measure(name: str, opts: LipsyncOptions, index: int) -> dict:
-        run = run_settings(pipe, timer, recorder, video, audio, tmp / f"run{index}.mp4", opts)
-        print(f"{name}: {run['seconds_per_frame']:.2f} s/frame, busy seconds {run['stages']}", flush=True)
+        run = run_settings(pipe, video, audio, tmp / f"run{index}.mp4", opts)
+        print(f"{name}: {run['seconds_per_frame']:.2f} s/frame, busy seconds {run['phases']}", flush=True)
         return run
 
     runs = each_distinct(settings, measure)

@@ -5,6 +5,8 @@ image), so inside the regenerated area it is compared with a measured tolerance;
 regions keep the source pixels, so the faces must be identical there.
 """
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -15,6 +17,7 @@ from latentsync.face.mask import load_mask
 from latentsync.models.vae import DECODE_MARGIN, decode_rows, first_generated_row, vae_scale_factor
 from latentsync.pipelines.lipsync_pipeline import LipsyncOptions
 from latentsync.pipelines.options import options_from_values
+from latentsync.pipelines.results import RunHooks
 from scripts.make_tiny_checkpoints import VAE_CONFIG, randomize
 from test_pipeline import FAST, pipe, read_video, small_clip, speech_wav, tiny  # noqa: F401  (fixtures)
 
@@ -63,22 +66,23 @@ def test_decode_rows_returns_the_lower_rows_and_is_exact_when_the_margin_reaches
 
 # -- the pipeline --------------------------------------------------------------------------------
 
+class FaceHooks(RunHooks):
+    """The generated faces (float, before paste-back and encoding) by output frame."""
+
+    def __init__(self):
+        self.faces = {}
+
+    def face(self, frame, face):
+        self.faces[frame] = face
+
+
 def run_recording_faces(pipe, video, audio, out, opts) -> dict:
-    """Run the pipeline; every generated face (float, before paste-back and encoding) by output frame."""
-    faces, method = {}, pipe.generate_segments
-
-    def wrapper(track, segments, *args, **kwargs):
-        generated = method(track, segments, *args, **kwargs)
-        for frames, segment_faces in zip(segments, generated):
-            faces.update(zip(frames, segment_faces))
-        return generated
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(pipe, "generate_segments", wrapper)
-        result = pipe(video, audio, out, opts)
+    """Run the pipeline; every generated face by output frame."""
+    hooks = FaceHooks()
+    result = pipe(video, audio, out, opts, hooks=hooks)
     frames, _, _ = read_video(result.output_path)
     assert result.num_frames == len(frames)
-    return faces
+    return hooks.faces
 
 
 def test_mouth_decode_matches_full_outside_the_mask_and_nearly_inside(pipe, small_clip, tmp_path):
@@ -94,12 +98,14 @@ def test_mouth_decode_matches_full_outside_the_mask_and_nearly_inside(pipe, smal
     assert 0 < diff.mean() < MOUTH_MEAN_LEVELS and diff.max() < MOUTH_MAX_LEVELS
 
 
-def test_bad_decode_region_is_a_one_line_error_naming_the_option(pipe, small_clip, tmp_path):
+def test_bad_decode_region_is_a_one_line_error_naming_the_option():
     expected = "decode_region 'chin': expected one of full, mouth"
     with pytest.raises(UserError) as error:
         options_from_values({"decode_region": "chin"})
     assert str(error.value) == expected
     opts = LipsyncOptions(**FAST)
-    opts.decode_region = "chin"  # changed after construction: the pipeline checks again
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        opts.decode_region = "chin"  # options cannot change after they were checked
     with pytest.raises(UserError, match=expected):
-        pipe(small_clip, speech_wav(tmp_path, 0.4), tmp_path / "out.mp4", opts)
+        dataclasses.replace(opts, decode_region="chin")  # a changed copy is checked again
+    assert opts.decode_region == "full"

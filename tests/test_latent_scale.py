@@ -60,3 +60,23 @@ def test_training_encodes_and_decodes_with_the_vae_scale_and_shift():
     torch.testing.assert_close(own, (sd / 0.18215 + 0.5) * 2.0, rtol=1e-5, atol=1e-5)
     with torch.no_grad():
         torch.testing.assert_close(vae_decode(own_vae, own), vae_decode(tiny_vae(), sd), rtol=1e-4, atol=1e-4)
+
+
+def test_posterior_noise_is_drawn_per_group_as_separate_calls_would():
+    """sample_latents with groups=2 (the pipeline encodes masked and reference faces together) gives
+    what one call per group gives, and the generator ends where two separate calls leave it."""
+    from latentsync.models.vae import posterior, sample_latents
+
+    vae = tiny_vae()
+    pixels = torch.rand(4, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        mean, std = posterior(vae, pixels, batch=3)  # batching the encoder changes nothing
+        whole_mean, whole_std = posterior(vae, pixels)
+        torch.testing.assert_close((mean, std), (whole_mean, whole_std), rtol=1e-5, atol=1e-6)
+        together, apart = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+        both = sample_latents(vae, mean, std, together, groups=2)
+        first = sample_latents(vae, mean[:2], std[:2], apart)
+        second = sample_latents(vae, mean[2:], std[2:], apart)
+    assert torch.equal(both, torch.cat([first, second]))
+    assert torch.equal(torch.randn(3, generator=together), torch.randn(3, generator=apart))
+    assert not torch.equal(first, second)

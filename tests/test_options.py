@@ -87,9 +87,11 @@ def test_every_gradio_control_is_an_option_field_with_its_default(tmp_path):
     for control in controls:
         f = option_field(control.elem_id)
         assert control.value == f.default and control.label == f.metadata["label"], control.elem_id
-        if isinstance(control, gr.Slider):
-            assert control.minimum >= (f.metadata["min"] or control.minimum)
-            assert control.maximum <= (f.metadata["max"] or f.metadata["ui_max"])
+        if isinstance(control, gr.Slider):  # a slider's range lies inside the field's bounds (ui_max: its top)
+            low = f.metadata["min"]
+            high = f.metadata["max"] if f.metadata["max"] is not None else f.metadata["ui_max"]
+            assert low is not None and high is not None, control.elem_id
+            assert low <= control.minimum < control.maximum <= high, (control.elem_id, control.minimum, control.maximum)
     click = next(d for d in demo.config["dependencies"] if d["api_name"] == "generate")
     ids = {b._id: b.elem_id for b in demo.blocks.values()}
     assert [ids[i] for i in click["inputs"]][2:] == ["inference_steps", "guidance_scale", "seed"]
@@ -131,6 +133,16 @@ def test_face_backend_is_one_name_with_a_deprecated_alias_in_the_eval_scripts():
 def test_the_old_step_name_is_gone():
     with pytest.raises(TypeError):
         LipsyncOptions(num_inference_steps=3)
+
+
+def test_options_are_frozen_and_a_changed_copy_is_checked_again():
+    opts = LipsyncOptions(face_box=[1, 2, 3, 4])
+    assert opts.face_box == (1.0, 2.0, 3.0, 4.0) and hash(opts) == hash(LipsyncOptions(face_box=(1, 2, 3, 4)))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        opts.inference_steps = 0
+    assert dataclasses.replace(opts, inference_steps=3).inference_steps == 3
+    with pytest.raises(UserError, match="inference_steps must be >= 1"):
+        dataclasses.replace(opts, inference_steps=0)
 
 
 def test_preset_expands_and_explicit_flags_win_even_when_they_equal_the_default():

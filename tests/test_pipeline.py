@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from conftest import MEDIA, REFERENCE, REPO, need
+from latentsync.models.unet import Conditioning
 from latentsync.pipelines.lipsync_pipeline import LipsyncOptions, LipsyncPipeline
 from latentsync.pipelines.segments import plan_segments, source_index
 from latentsync.schedulers import make_scheduler
@@ -103,9 +104,10 @@ def test_ddim_loop_reproduces_reference_fixture():
     unet.load_state_dict(load_file(str(unet_dir / "weights.safetensors")))
     unet.eval()
     pipe = LipsyncPipeline(vae=None, unet=unet, scheduler=make_scheduler(), resolution=128)
+    conditioning = Conditioning(io["mask"], io["masked_image_latents"], io["ref_latents"])
     with torch.no_grad():
-        final = pipe.denoise(io["initial_latents"], io["mask"], io["masked_image_latents"], io["ref_latents"],
-                             io["audio_embeds"], meta["num_inference_steps"], meta["guidance_scale"])
+        final = pipe.denoise(io["initial_latents"], conditioning, io["audio_embeds"], meta["num_inference_steps"],
+                             meta["guidance_scale"])
     assert pipe.scheduler.timesteps.tolist() == meta["timesteps"] == io["timesteps"].tolist()
     assert (final - io["final_latents"]).abs().max() < 1e-4
 

@@ -1,5 +1,5 @@
-"""The overlapped pipeline (face pass, model, writer in their own threads): incremental segment
-planning, errors in any stage stop the whole run cleanly, and segment_batch gives the same frames."""
+"""The overlapped pipeline (face pass, model, writer in their own threads, dub_run.py): incremental
+segment planning, errors in any worker stop the whole run cleanly, and segment_batch gives the same frames."""
 
 import threading
 
@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 
 from latentsync.errors import ExternalToolError, UserError
-from latentsync.pipelines import lipsync_pipeline
-from latentsync.pipelines.lipsync_pipeline import FaceTrack, LipsyncOptions, Schedule
+from latentsync.pipelines import dub_run
+from latentsync.pipelines.dub_run import FaceTrack, Schedule
+from latentsync.pipelines.lipsync_pipeline import LipsyncOptions
+from latentsync.pipelines.results import AUDIO, DECODE, DENOISE, ENCODE, FACE_PASS, MUX, UNET, WRITE, RunHooks
 from latentsync.pipelines.segments import SegmentPlanner, plan_segments
 from latentsync.video import VideoWriter
 from test_pipeline import FAST, cli, pipe, small_clip, speech_wav, tiny  # noqa: F401  (fixtures)
@@ -35,9 +37,13 @@ def test_full_segments_are_planned_before_the_face_pass_ends(tmp_path):
     schedule = Schedule(track, 40, None, LipsyncOptions(num_frames=16, show_progress=False))
     track.has_face[:] = True
     track.ready = 20  # the face pass is at frame 20 of 40
+    assert not schedule.group_ready(1) and not schedule.planned_past(0)  # the predicates only read: nothing planned
+    schedule.advance()
     assert schedule.group_ready(1) and [s.frames for s in schedule.planned] == [list(range(16))]
-    assert schedule.total is None and not schedule.planned_past(20)
+    assert schedule.total is None and schedule.planned_past(19) and not schedule.planned_past(20)
     track.ready, track.done = 40, True
+    assert not schedule.group_ready(2)  # (planned only by advance)
+    schedule.advance()
     assert schedule.group_ready(2) and schedule.total == 3
     # a batch only holds segments of one length: 16 + 16 here, the short tail never joins them
     (tmp_path / "b").mkdir()
@@ -45,6 +51,7 @@ def test_full_segments_are_planned_before_the_face_pass_ends(tmp_path):
     track2.has_face[:] = True
     track2.ready, track2.done = 40, True
     short = Schedule(track2, 40, None, LipsyncOptions(num_frames=16, segment_tail="short", show_progress=False))
+    short.advance()
     assert short.group_ready(3)
     assert [len(s.frames) for s in short.take(3)] == [16, 16] and [len(s.frames) for s in short.take(3)] == [8]
     track.close()
@@ -58,7 +65,7 @@ def live_threads() -> set:
     return {t for t in threading.enumerate() if t.name != "tqdm_monitor"}
 
 
-class ExplodingTracker(lipsync_pipeline.FaceTracker):
+class ExplodingTracker(dub_run.FaceTracker):
     """Raises a UserError on the 10th frame, as a detector refusing a frame would."""
 
     def track(self, frame):
@@ -69,7 +76,7 @@ class ExplodingTracker(lipsync_pipeline.FaceTracker):
 
 
 def test_face_pass_error_ends_the_run_with_its_one_line_message(tiny, small_clip, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(lipsync_pipeline, "FaceTracker", ExplodingTracker)
+    monkeypatch.setattr(dub_run, "FaceTracker", ExplodingTracker)
     work, out = tmp_path / "work", tmp_path / "out.mp4"
     work.mkdir()
     before = live_threads()
@@ -77,13 +84,25 @@ def test_face_pass_error_ends_the_run_with_its_one_line_message(tiny, small_clip
     err = capsys.readouterr().err  # (after the progress bars the CLI draws)
     assert err.endswith("\nerror: clip.mp4: frame 9: the face detector failed\n") and "Traceback" not in err
     assert not out.exists() and not list(tmp_path.glob("*partial*")) and list(work.iterdir()) == []
-    assert live_threads() <= before  # every stage thread was joined
+    assert live_threads() <= before  # every worker thread was joined
 
 
-@pytest.mark.parametrize("where", ["writer", "model", "progress callback"])
-def test_error_in_any_stage_stops_all_of_them(pipe, small_clip, tmp_path, monkeypatch, where):
+class FailingHooks(RunHooks):
+    """Calls `fail` whenever the writer resumes its work (in the writer's worker thread)."""
+
+    def __init__(self, fail):
+        self.fail = fail
+
+    def begin(self, phase):
+        if phase == WRITE:
+            self.fail()
+
+
+@pytest.mark.parametrize("where", ["writer", "model", "progress callback", "hook"])
+def test_error_in_any_worker_stops_all_of_them(pipe, small_clip, tmp_path, monkeypatch, where):
     failure = {"writer": ExternalToolError("encode out.mp4: ffmpeg failed (exit code 1): disk full"),
-               "model": RuntimeError("out of memory"), "progress callback": KeyboardInterrupt()}[where]
+               "model": RuntimeError("out of memory"), "progress callback": KeyboardInterrupt(),
+               "hook": RuntimeError("a timing hook failed")}[where]
     calls = {"n": 0}
 
     def fail_on_third(*args, **kwargs):
@@ -101,13 +120,61 @@ def test_error_in_any_stage_stops_all_of_them(pipe, small_clip, tmp_path, monkey
     work.mkdir()
     before = live_threads()
     progress = (lambda event: fail_on_third()) if where == "progress callback" else None
+    hooks = FailingHooks(fail_on_third) if where == "hook" else None
     audio = speech_wav(tmp_path, 2.0)  # 50 frames: 4 segments, so the model fails in the middle
     with pytest.raises(type(failure)) as raised:
-        pipe(small_clip, audio, out, LipsyncOptions(**FAST, temp_dir=str(work)), progress=progress)
+        pipe(small_clip, audio, out, LipsyncOptions(**FAST, temp_dir=str(work)), progress=progress, hooks=hooks)
     assert raised.value is failure  # the stage's own exception, message unchanged
     assert calls["n"] == 3
     assert not out.exists() and list(work.iterdir()) == []
-    assert live_threads() <= before  # every stage thread was joined
+    assert live_threads() <= before  # every worker thread was joined
+
+
+# -- timing hooks -------------------------------------------------------------------------------
+
+class RecordingHooks(RunHooks):
+    """Every begin / end with the thread it came from, and the generated faces by output frame."""
+
+    def __init__(self):
+        self.events, self.faces = [], {}
+
+    def begin(self, phase):
+        self.events.append(("begin", phase, threading.current_thread().name))
+
+    def end(self, phase):
+        self.events.append(("end", phase, threading.current_thread().name))
+
+    def face(self, frame, face):
+        self.faces[frame] = face
+
+
+def test_hooks_are_told_when_each_phase_begins_and_ends_from_its_thread(pipe, small_clip, tmp_path):
+    hooks = RecordingHooks()
+    audio = speech_wav(tmp_path, 1.0)  # 25 frames: segments 0..15 and the overlapping tail 9..24
+    result = pipe(small_clip, audio, tmp_path / "o.mp4", LipsyncOptions(**FAST), hooks=hooks)
+    assert (result.segments, result.frames_without_face) == (2, 0)
+    by_thread = {}
+    for kind, phase, thread in hooks.events:
+        by_thread.setdefault(thread, []).append((kind, phase))
+    assert set(by_thread) == {threading.main_thread().name, "latentsync-faces", "latentsync-writer"}
+    for thread, events in by_thread.items():  # begins and ends pair up and nest, in every thread
+        open_phases = []
+        for kind, phase in events:
+            if kind == "begin":
+                open_phases.append(phase)
+            else:
+                assert open_phases.pop() == phase, (thread, events)
+        assert open_phases == [], thread
+    main = [phase for kind, phase in by_thread[threading.main_thread().name] if kind == "begin"]
+    assert main[0] == AUDIO and main[-1] == MUX
+    assert [p for p in main if p != UNET] == [AUDIO] + [ENCODE, DENOISE, DECODE] * 2 + [MUX]  # segment_batch 1
+    assert main.count(UNET) == FAST["inference_steps"] * result.segments  # one guided call per step
+    assert by_thread["latentsync-faces"] == [("begin", FACE_PASS), ("end", FACE_PASS)]
+    writes = [phase for kind, phase in by_thread["latentsync-writer"] if kind == "begin"]
+    assert writes == [WRITE] * (result.num_frames + 1)  # resumed after each of the 25 waits for a frame
+    assert sorted(hooks.faces) == list(range(25))  # every generated face, as handed to the writer
+    assert all(face.shape == (pipe.resolution, pipe.resolution, 3) and np.abs(face).max() <= 1
+               for face in hooks.faces.values())
 
 
 # -- several segments per UNet call ------------------------------------------------------------

@@ -12,9 +12,11 @@ import pytest
 
 from benchmarks import speed
 from latentsync.errors import EXIT_USER_ERROR
-from latentsync.pipelines.options import PRESETS
+from latentsync.pipelines.options import PRESETS, LipsyncOptions
+from latentsync.pipelines.results import AUDIO, DECODE, DENOISE, ENCODE, FACE_PASS, MUX, WRITE
 
 FRAMES = speed.DECODE_FRAMES  # the smallest clip the benchmark takes
+REPORTED = (AUDIO, FACE_PASS, ENCODE, DENOISE, DECODE, WRITE, MUX)  # the phases a report times
 QUALITY_FRAMES = 16  # frames of each quality dub (too few for LSE-C's +-8-frame search: it is NaN here)
 
 
@@ -66,11 +68,15 @@ def test_tiny_run_reports_every_preset_with_timings_and_mouth_distance(tiny_repo
         assert run["frames"] == FRAMES, name
         assert run["seconds_per_frame"] > 0 and run["speedup"] > 0, name
         assert math.isclose(run["seconds_per_frame"] * FRAMES, run["seconds"], rel_tol=1e-9), name
-        assert set(run["stages"]) == {*speed.STAGES, "outside_model"}, name
-        # every hook fired: each stage did some work in every run
-        assert all(run["stages"][stage] > 0 for stage in ("face_pass", *speed.MODEL_STAGES)), (name, run["stages"])
-        assert set(run["options"]) == set(speed.REFERENCE_SETTINGS), name
+        assert set(run["phases"]) == {*REPORTED, "outside_model"}, name
+        # every hook fired: each phase did some work in every run
+        assert all(run["phases"][phase] > 0 for phase in REPORTED), (name, run["phases"])
         assert math.isfinite(run["mouth_mae"]), name
+    # each run used its own settings: the reference the option defaults, a preset its PRESETS values
+    defaults = LipsyncOptions()
+    assert runs[speed.REFERENCE_NAME]["options"] == {k: getattr(defaults, k) for k in PRESETS["quality"]}
+    for name, values in PRESETS.items():
+        assert runs[name]["options"] == values, name
     reference = runs[speed.REFERENCE_NAME]
     assert reference["speedup"] == 1.0
     assert reference["mouth_mae"] == 0.0 and reference["mouth_psnr_db"] is None

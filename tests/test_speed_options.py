@@ -1,6 +1,7 @@
 """Speed options (issue 13): samplers, presets, precision by hardware, CPU kernels, compile."""
 
 import copy
+import dataclasses
 import json
 import logging
 from types import SimpleNamespace
@@ -12,6 +13,7 @@ from safetensors.torch import load_file
 
 from conftest import REFERENCE, need
 from latentsync import device as devices
+from latentsync.models.unet import Conditioning
 from latentsync.pipelines.acceleration import Int8Linear
 from latentsync.pipelines.lipsync_pipeline import LipsyncOptions, LipsyncPipeline
 from latentsync.pipelines.options import PRESETS, preset_options
@@ -58,7 +60,7 @@ def point_mass_run(kind: str, steps: int, guidance: float = 2.0):
     cond = [torch.zeros(1, 1, 3, 4, 4), torch.zeros(1, 4, 3, 4, 4), torch.zeros(1, 4, 3, 4, 4)]
     audio = torch.ones(3, 5, 8)
     sampler = pipe.sampler(kind)
-    out = pipe.denoise(noise, *cond, audio, steps, guidance, scheduler=sampler)
+    out = pipe.denoise(noise, Conditioning(*cond), audio, steps, guidance, scheduler=sampler)
     return out, exact_endpoint(sampler, noise, target), unet.calls
 
 
@@ -122,10 +124,11 @@ def fixture_denoise(pipe, opts: LipsyncOptions):
     base = need(REFERENCE / "ddim_tiny_stage2")
     io = load_file(str(base / "io.safetensors"))
     meta = json.loads((base / "meta.json").read_text())
-    with torch.no_grad(), pipe.accelerator.apply(opts) as runtime:
-        final = pipe.denoise(io["initial_latents"], io["mask"], io["masked_image_latents"], io["ref_latents"],
-                             io["audio_embeds"], meta["num_inference_steps"], meta["guidance_scale"],
-                             opts.enable_deepcache, pipe.sampler(opts.scheduler), runtime)
+    conditioning = Conditioning(io["mask"], io["masked_image_latents"], io["ref_latents"])
+    with torch.no_grad(), pipe.speed.apply(opts) as runtime:
+        final = pipe.denoise(io["initial_latents"], conditioning, io["audio_embeds"], meta["num_inference_steps"],
+                             meta["guidance_scale"], enable_deepcache=opts.enable_deepcache,
+                             scheduler=pipe.sampler(opts.scheduler), runtime=runtime)
     return (final - io["final_latents"]).abs().max().item()
 
 
@@ -147,16 +150,16 @@ def test_default_options_reproduce_the_ddim_fixture_and_kernels_are_undone(refer
 
 
 def test_int8_copies_follow_weight_updates(reference_unet):
-    from latentsync.pipelines.acceleration import Accelerator
+    from latentsync.pipelines.acceleration import SpeedSetup
 
     unet = copy.deepcopy(reference_unet)
-    accelerator = Accelerator(unet)
-    first = accelerator.int8_layers()
-    assert accelerator.int8_layers() is first  # cached while the weights stay
+    speed = SpeedSetup(unet)
+    first = speed.int8_layers()
+    assert speed.int8_layers() is first  # cached while the weights stay
     name, linear = next((n, m) for n, m in unet.named_modules() if type(m) is torch.nn.Linear)
     with torch.no_grad():
         linear.weight.mul_(2.0)  # what an optimizer step does: an in-place update
-    second = accelerator.int8_layers()
+    second = speed.int8_layers()
     assert second is not first
     x = torch.randn(3, linear.in_features)
     assert torch.allclose(second[name](x), linear(x), atol=0.05 * linear(x).abs().max().item())
@@ -239,7 +242,7 @@ def test_every_preset_runs_end_to_end(pipe, small_clip, tmp_path, preset, monkey
     monkeypatch.setattr(devices, "cpu_features", lambda: {"avx512_bf16": True})  # autocast "auto" -> bf16
     audio = speech_wav(tmp_path, 0.8)
     opts = preset_options(preset, show_progress=False)
-    opts.inference_steps = min(opts.inference_steps, 3)  # tiny models: the step count only costs time here
+    opts = dataclasses.replace(opts, inference_steps=min(opts.inference_steps, 3))  # tiny models: steps only cost time
     result = pipe(small_clip, audio, tmp_path / "o.mp4", opts)
     frames, _, _ = read_video(result.output_path)
     assert len(frames) == 20 and result.segments == 2

@@ -1,5 +1,6 @@
 """UNet3DConditionModel: official key layouts, numeric parity with the reference, safe strict loading."""
 
+import inspect
 import json
 import pickle
 
@@ -11,7 +12,7 @@ from safetensors.torch import load_file, save_file
 from conftest import REPO, REFERENCE, need
 from latentsync.errors import UserError
 from latentsync.models import UNet3DConditionModel, load_unet
-from latentsync.models.unet import DeepCache
+from latentsync.models.unet import Conditioning, DeepCache, unet_input
 
 MANIFEST_CONFIGS = {
     "unet_stage1.json": "stage1.yaml",
@@ -178,3 +179,17 @@ def test_deepcache_reuses_deep_features_between_refresh_steps():
     assert not torch.allclose(reused_other, full_other, atol=1e-3)  # it is an approximation
     assert not torch.allclose(reused_other, full, atol=1e-3)  # but it sees the new input
     assert cache.reuse(1) and cache.reuse(2) and not cache.reuse(3)
+
+
+def test_unet_input_puts_the_channels_in_the_documented_order():
+    """Channels 0-3 noisy latents, 4 mask, 5-8 masked-face latents, 9-12 reference latents (the layout
+    inference and training share); guidance repeats the conditioning, not the order."""
+    shape = (2, 1, 3, 4, 4)
+    noisy, mask = torch.full((2, 4, 3, 4, 4), 1.0), torch.full(shape, 2.0)
+    conditioning = Conditioning(mask, torch.full((2, 4, 3, 4, 4), 3.0), torch.full((2, 4, 3, 4, 4), 4.0))
+    x = unet_input(noisy, conditioning)
+    in_channels = inspect.signature(UNet3DConditionModel.__init__).parameters["in_channels"].default
+    assert x.shape == (2, 13, 3, 4, 4) and in_channels == 13
+    assert x[:, :, 0, 0, 0].tolist() == [[1.0] * 4 + [2.0] + [3.0] * 4 + [4.0] * 4] * 2
+    doubled = conditioning.repeated(2)
+    assert all(torch.equal(d, torch.cat([c, c])) for d, c in zip(doubled, conditioning))

@@ -1,10 +1,17 @@
 """The LatentSync UNet: an inflated Stable-Diffusion-1.5 UNet with audio cross-attention (see docs/architecture.md).
 
-Input `[B, 13, F, h, w]` = noisy latents 4 | mask 1 | masked-image latents 4 | reference latents 4;
+Input `[B, 13, F, h, w]`, channels in this fixed order (`unet_input` builds it, for inference and
+training alike):
+  0-3   noisy latents x_t (scaled as the UNet's scheduler scales them),
+  4     the inpainting mask at latent size (nearest neighbour; 1 = keep the source, 0 = generate),
+  5-8   VAE latents of the masked face (the generated region grey),
+  9-12  VAE latents of the reference face;
 audio tokens `[B*F, 50, 384]` (or `[B, F, 50, 384]`); output the predicted noise `[B, 4, F, h, w]`.
+Latents are VAE posterior samples shifted and scaled by the VAE's config (latentsync/models/vae.py).
 """
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +33,23 @@ DEFAULT_MOTION_KWARGS = {
     "attention_block_types": ["Temporal_Self", "Temporal_Self"], "temporal_position_encoding": True,
     "temporal_position_encoding_max_len": 24, "temporal_attention_dim_div": 1, "zero_initialize": True,
 }
+
+
+class Conditioning(NamedTuple):
+    """Channels 4-12 of the UNet input: what a batch is generated from besides the noise and the audio."""
+
+    mask: torch.Tensor  # [B, 1, F, h, w], 1 = keep
+    masked_latents: torch.Tensor  # [B, 4, F, h, w]
+    ref_latents: torch.Tensor  # [B, 4, F, h, w]
+
+    def repeated(self, times: int) -> "Conditioning":
+        """The batch `times` over (classifier-free guidance runs the null-audio and audio halves together)."""
+        return Conditioning(*(torch.cat([x] * times) for x in self))
+
+
+def unet_input(noisy_latents: torch.Tensor, conditioning: Conditioning) -> torch.Tensor:
+    """The UNet input `[B, 13, F, h, w]` in the module docstring's channel order."""
+    return torch.cat([noisy_latents, *conditioning], dim=1)
 
 
 @dataclass

@@ -1,10 +1,15 @@
-"""The latent scale and shift of a VAE, read from its own config or measured on data.
+"""The latent codec the UNet works in: VAE posterior samples, scaled and shifted by the VAE's own config.
 
 A diffusion UNet works on `(z - shift) * scale`, where z is the VAE's latent: the scale brings
 the latents to about unit variance, the shift (if any) to zero mean. Stable Diffusion's VAE says
 `scaling_factor: 0.18215` (1 / the std of its latents on its training images) and has no shift;
 a VAE trained here (scripts/train_vae.py) stores its own measured numbers in the same config
 keys, so whoever encodes or decodes latents should take them from the VAE, not from a constant.
+
+Inference (latentsync/pipelines/lipsync_pipeline.py) and UNet training (latentsync/training/
+unet_step.py, with its latent cache) both encode with `posterior` + `sample_latents` and decode
+with `decode_latents`, so the two sides cannot drift.
+The posterior noise is drawn from the caller's generator, on the generator's device, in fp32.
 
 Also here: `decode_rows`, a decode of only the lower latent rows (the mouth region the pipeline
 regenerates), for `LipsyncOptions.decode_region = "mouth"`.
@@ -27,6 +32,36 @@ def latent_scale_shift(vae) -> tuple[float, float]:
     if scale is None:
         raise ValueError("the VAE config has no scaling_factor")
     return float(scale), float(get("shift_factor", None) or 0.0)
+
+
+def posterior(vae, pixels: torch.Tensor, batch: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, std) in fp32 of the VAE posterior of pixels `[N, 3, H, W]` in [-1, 1] (on the VAE's
+    device and dtype), `[N, C, h, w]` each; encoded `batch` images at a time (None: all at once)."""
+    parts = pixels.split(batch) if batch else (pixels,)
+    moments = [vae.encode(part).latent_dist for part in parts]
+    return torch.cat([m.mean for m in moments]).float(), torch.cat([m.std for m in moments]).float()
+
+
+def sample_latents(vae, mean: torch.Tensor, std: torch.Tensor, generator: torch.Generator | None,
+                   groups: int = 1) -> torch.Tensor:
+    """A posterior sample `mean + std * eps`, shifted and scaled for the UNet: `(z - shift) * scale`.
+
+    eps ~ N(0, 1) is drawn from `generator` on its device (the CPU without one), in fp32, one draw per
+    group when the rows hold `groups` equal-size image sets (as separate calls would draw them).
+    """
+    device = generator.device if generator is not None else torch.device("cpu")
+    eps = torch.cat([torch.randn(part.shape, generator=generator, device=device) for part in mean.chunk(groups)])
+    scale, shift = latent_scale_shift(vae)
+    return (mean + std * eps.to(mean.device) - shift) * scale
+
+
+def decode_latents(vae, latents: torch.Tensor, first_row: int = 0, batch: int | None = None) -> torch.Tensor:
+    """UNet latents `[N, C, h, w]` -> pixels `[N, 3, factor * (h - first_row), W]` in the VAE's dtype:
+    the scale and shift undone, then `decode_rows` (first_row 0: the whole image), `batch` at a time."""
+    scale, shift = latent_scale_shift(vae)
+    unscaled = latents / scale + shift
+    parts = unscaled.split(batch) if batch else (unscaled,)
+    return torch.cat([decode_rows(vae, part.to(vae.dtype), first_row) for part in parts])
 
 
 @torch.no_grad()

@@ -3,7 +3,8 @@
 The pipeline's weights stay as loaded; a run's options (`autocast`, `cpu_kernels`, `compile` in
 LipsyncOptions) are applied for that run only and undone afterwards, so one loaded pipeline
 serves runs with different options (the benchmark, the server). What is costly to build (int8
-copies of the Linear layers, the compiled UNet) is built once and cached.
+copies of the Linear layers, the compiled UNet) is built once and cached. `SpeedSetup` (the
+pipeline's `speed`) does this; it is not accelerate's `Accelerator`, which the trainers use.
 
 - autocast: torch.autocast in bf16/fp16 for the UNet and VAE, only where the device computes it
   natively (latentsync/device.py decides; emulated bf16 on an AVX2 CPU is 4-90x slower);
@@ -98,7 +99,7 @@ def channels_last(model: nn.Module) -> Iterator[None]:
             p.data = p.data.contiguous()
 
 
-class Accelerator:
+class SpeedSetup:
     """Applies a run's speed options to one UNet; caches its int8 layers and compiled form."""
 
     def __init__(self, unet: nn.Module):

@@ -48,9 +48,11 @@ def option(default, help: str, *, choices=None, min=None, max=None, cli: bool = 
                                                  ui_max=ui_max, label=label, metavar=metavar))
 
 
-@dataclass
+@dataclass(frozen=True)
 class LipsyncOptions:
-    """How one video is dubbed. Checked on construction: a bad value raises a UserError naming it."""
+    """How one video is dubbed. Frozen and checked on construction (a bad value raises a UserError
+    naming it), so every LipsyncOptions in existence is valid: nothing checks it again. Change a
+    value with `dataclasses.replace(options, name=value)`, which checks the new one."""
 
     inference_steps: int = option(20, "denoising steps", min=1, ui_max=50, label="Inference steps")
     scheduler: str = option("ddim", "sampler: ddim (the reference), dpmpp (DPM-Solver++) or unipc (UniPC); the "
@@ -91,8 +93,8 @@ class LipsyncOptions:
     show_progress: bool = option(True, "draw progress bars on the terminal", cli=False)
 
     def __post_init__(self) -> None:
-        if self.face_box is not None:
-            self.face_box = tuple(float(v) for v in self.face_box)
+        if self.face_box is not None:  # (frozen: set through object.__setattr__, as dataclasses do)
+            object.__setattr__(self, "face_box", tuple(float(v) for v in self.face_box))
         check_options(self)
 
 
@@ -115,7 +117,8 @@ def field_type(name: str) -> type:
 
 
 def check_options(opts: LipsyncOptions) -> None:
-    """UserError naming the first option whose value is outside its choices or bounds."""
+    """UserError naming the first option whose value is outside its choices or bounds (run by
+    LipsyncOptions on construction; the per-UNet segment length limit is the pipeline's check)."""
     for f in fields(opts):
         value, meta = getattr(opts, f.name), f.metadata
         if value is None:

@@ -16,7 +16,8 @@ from latentsync.errors import UserError
 from latentsync.losses.lpips_loss import lower_half_lpips
 from latentsync.losses.noise import mixed_noise, one_step_x0, prediction_target
 from latentsync.models.stable_syncnet import sync_loss
-from latentsync.models.vae import latent_scale_shift
+from latentsync.models.unet import Conditioning, unet_input
+from latentsync.models.vae import decode_latents, posterior, sample_latents
 from latentsync.schedulers import check_prediction_type
 
 LOSS_TERMS = ("recon", "sync", "lpips", "trepa")
@@ -78,19 +79,15 @@ class StepSettings:
 
 def vae_encode(vae, pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Frames `[B, F, 3, H, W]` -> posterior samples, shifted and scaled by the VAE's own config
-    (0.18215 for SD's VAE), as `[B, 4, F, h, w]` (fp32)."""
-    batch = pixels.shape[0]
-    scale, shift = latent_scale_shift(vae)
+    (0.18215 for SD's VAE), as `[B, 4, F, h, w]` (fp32; models/vae.py, as inference)."""
     flat = rearrange(pixels, "b f c h w -> (b f) c h w").to(vae.device, vae.dtype)
-    latents = (vae.encode(flat).latent_dist.sample(generator=generator) - shift) * scale
-    return rearrange(latents.float(), "(b f) c h w -> b c f h w", b=batch)
+    latents = sample_latents(vae, *posterior(vae, flat), generator)
+    return rearrange(latents, "(b f) c h w -> b c f h w", b=pixels.shape[0])
 
 
 def vae_decode(vae, latents: torch.Tensor) -> torch.Tensor:
-    """Latents `[B, 4, F, h, w]` -> frames `[(B F), 3, H, W]` (with gradients)."""
-    scale, shift = latent_scale_shift(vae)
-    flat = rearrange(latents, "b c f h w -> (b f) c h w") / scale + shift
-    return vae.decode(flat.to(vae.dtype)).sample
+    """Latents `[B, 4, F, h, w]` -> frames `[(B F), 3, H, W]` (with gradients; models/vae.py, as inference)."""
+    return decode_latents(vae, rearrange(latents, "b c f h w -> (b f) c h w"))
 
 
 def make_noise(shape, settings: StepSettings, generator, device) -> torch.Tensor:
@@ -113,8 +110,8 @@ class LatentCache:
     """The frozen VAE's posterior (mean, std) of every training frame met so far, in memory
     (`data.cache_latents`): each frame and each masked frame is encoded once instead of at every
     step that draws it, which is most of a step's time for small UNets. Samples are drawn from
-    the cached posteriors with the step's generator in the order `vae_encode` draws them, so a
-    step computes what it would without the cache, up to float rounding. Memory: two
+    the cached posteriors with the step's generator in the order `vae_encode` draws them, by the
+    same code (models/vae.py), so a step computes what it would without the cache. Memory: two
     [4, h, w] pairs per frame (about 8 KB per frame at 16 x 16 latents): for small data sets.
     """
 
@@ -130,14 +127,11 @@ class LatentCache:
         missing = [i for i, key in enumerate(keys) if key not in self.moments]
         if missing:
             flat = rearrange(pixels, "b f c h w -> (b f) c h w")[missing].to(self.vae.device, self.vae.dtype)
-            dist = self.vae.encode(flat).latent_dist
-            for i, mean, std in zip(missing, dist.mean.float(), dist.std.float()):
+            for i, mean, std in zip(missing, *posterior(self.vae, flat)):
                 self.moments[keys[i]] = (mean, std)
         mean = torch.stack([self.moments[key][0] for key in keys])
         std = torch.stack([self.moments[key][1] for key in keys])
-        scale, shift = latent_scale_shift(self.vae)
-        eps = torch.randn(mean.shape, generator=generator, device=mean.device)
-        return rearrange((mean + std * eps - shift) * scale, "(b f) c h w -> b c f h w", b=batch)
+        return rearrange(sample_latents(self.vae, mean, std, generator), "(b f) c h w -> b c f h w", b=batch)
 
 
 def encode_latents(models: Models, batch: dict, generator, device) -> tuple[torch.Tensor, ...]:
@@ -152,15 +146,15 @@ def encode_latents(models: Models, batch: dict, generator, device) -> tuple[torc
             cache.sample("frame", batch["ref_pixel_values"], paths, refs, generator))
 
 
-def encode_batch(models: Models, batch: dict, generator, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(gt latents, the UNet's conditioning channels [mask | masked latents | ref latents]) of a batch."""
+def encode_batch(models: Models, batch: dict, generator, device) -> tuple[torch.Tensor, Conditioning]:
+    """(gt latents, the UNet's conditioning channels: mask, masked latents, ref latents) of a batch."""
     with torch.no_grad():
         gt_latents, masked_latents, ref_latents = encode_latents(models, batch, generator, device)
     batch_size = gt_latents.shape[0]
     masks = rearrange(batch["masks"].to(device).float(), "b f c h w -> (b f) c h w")
     masks = F.interpolate(masks, size=gt_latents.shape[-2:], mode="nearest")
     masks = rearrange(masks, "(b f) c h w -> b c f h w", b=batch_size)
-    return gt_latents, torch.cat([masks, masked_latents, ref_latents], dim=1)
+    return gt_latents, Conditioning(masks, masked_latents, ref_latents)
 
 
 def pixel_losses(models: Models, settings: StepSettings, pred: torch.Tensor, batch: dict, device) -> dict:
@@ -207,9 +201,9 @@ def training_step(models: Models, batch: dict, settings: StepSettings, generator
     noisy = abar.sqrt() * gt_latents + (1 - abar).sqrt() * noise  # diffusers add_noise, in fp32
     audio = batch["audio_embeds"].to(device)
     with autocast if autocast is not None else torch.autocast(device.type, enabled=False):
-        out = unet(torch.cat([noisy, condition], dim=1), timesteps, encoder_hidden_states=audio).sample
+        out = unet(unet_input(noisy, condition), timesteps, encoder_hidden_states=audio).sample
     target = prediction_target(noise, gt_latents, abar, settings.prediction_type)
-    terms = {"recon": noise_loss(out, target, condition[:, :1], settings.mask_loss_weight)}
+    terms = {"recon": noise_loss(out, target, condition.mask, settings.mask_loss_weight)}
     if settings.pixel_space_supervise and any(settings.weights[k] > 0 for k in PIXEL_TERMS):
         x0 = one_step_x0(noisy, out, models.alphas_cumprod, timesteps, settings.prediction_type)
         terms.update(pixel_losses(models, settings, vae_decode(models.vae, x0), batch, device))

@@ -1,15 +1,16 @@
-"""Stages: parts of one run that work at the same time in threads and stop together.
+"""Workers: the threads of one pipeline run, which work at the same time and stop together.
 
-The lip-sync pipeline overlaps its face pass (decoding + face tracking), the model (main thread)
-and the paste-back + video encoding, so none of them waits for the others. This module holds the
-threading plumbing so the pipeline can read as the algorithm:
+A lip-sync run overlaps its face pass (decoding + face tracking), the model (main thread) and the
+paste-back + video encoding, so none of them waits for the others (dub_run.py). This module holds
+the threading plumbing so the run can read as the algorithm. ("Worker" is the name for these
+threads; "stage" is kept for the training stages and for `Progress.stage`, docs/architecture.md.)
 
-- `Stages` starts worker threads, keeps the first exception any of them raises and hands it to the
-  main thread (`check`, `wait_until`), which re-raises it unchanged: a UserError from a stage still
-  ends the run with its one-line message. Leaving the `with` block (normally, by an error, Ctrl-C
-  or SIGTERM, which always arrive in the main thread) sets `stop` and joins every worker, so no
-  thread outlives the run and temporary files can be removed right after.
-- `Channel` is a bounded queue between two stages: a full queue makes the producer wait (memory
+- `Workers` starts worker threads, keeps the first exception any of them raises and hands it to
+  the main thread (`check`, `wait_until`), which re-raises it unchanged: a UserError from a worker
+  still ends the run with its one-line message. Leaving the `with` block (normally, by an error,
+  Ctrl-C or SIGTERM, which always arrive in the main thread) sets `stop` and joins every worker,
+  so no thread outlives the run and temporary files can be removed right after.
+- `Channel` is a bounded queue between two threads: a full queue makes the producer wait (memory
   stays flat however long the video), and neither side blocks forever when the run stops.
 
 Workers poll `stop` every POLL_S seconds while they wait; a worker that sees it raises `Stopped`,
@@ -20,19 +21,19 @@ import queue
 import threading
 from typing import Any, Callable
 
-POLL_S = 0.05  # how often a waiting stage looks at the stop flag
+POLL_S = 0.05  # how often a waiting thread looks at the stop flag
 
 
 class Stopped(Exception):
     """Raised inside a worker when the run was stopped elsewhere."""
 
 
-class Stages:
+class Workers:
     """The worker threads of one run (use as a context manager)."""
 
     def __init__(self):
         self.stop = threading.Event()
-        self.changed = threading.Condition()  # notified when a stage publishes progress or fails
+        self.changed = threading.Condition()  # notified when a worker publishes progress or fails
         self.error: BaseException | None = None
         self._threads: list[threading.Thread] = []
 
@@ -66,12 +67,16 @@ class Stages:
         if self.stop.is_set():
             raise Stopped()
 
-    def wait_until(self, ready: Callable[[], bool], tick: Callable[[], None] | None = None) -> None:
-        """Block until `ready()` (evaluated under the lock stages publish with); `tick()` runs
-        after every wake-up, outside the lock (e.g. to report progress)."""
+    def wait_until(self, ready: Callable[[], bool], tick: Callable[[], None] | None = None,
+                   refresh: Callable[[], None] | None = None) -> None:
+        """Block until `ready()`. Under the lock workers publish with, `refresh()` first takes in what
+        they published (e.g. plans the frames the face pass finished) and `ready()` then only reads;
+        `tick()` runs after every wake-up, outside the lock (e.g. to report progress)."""
         while True:
             with self.changed:
                 self.check()
+                if refresh is not None:
+                    refresh()
                 if ready():
                     return
                 self.changed.wait(POLL_S)
@@ -83,7 +88,7 @@ class Stages:
         self.wait_until(lambda: not thread.is_alive(), tick)
         self.check()
 
-    def __enter__(self) -> "Stages":
+    def __enter__(self) -> "Workers":
         return self
 
     def __exit__(self, *exc) -> None:
@@ -94,14 +99,14 @@ class Stages:
 
 
 class Channel:
-    """A bounded queue between two stages that gives up (instead of blocking) when the run stops."""
+    """A bounded queue between two threads that gives up (instead of blocking) when the run stops."""
 
-    def __init__(self, stages: Stages, maxsize: int):
-        self.stages, self._queue = stages, queue.Queue(maxsize)
+    def __init__(self, workers: Workers, maxsize: int):
+        self.workers, self._queue = workers, queue.Queue(maxsize)
 
     def put(self, item) -> None:
         while True:
-            self.stages.check()
+            self.workers.check()
             try:
                 return self._queue.put(item, timeout=POLL_S)
             except queue.Full:
@@ -109,7 +114,7 @@ class Channel:
 
     def get(self):
         while True:
-            if self.stages.stop.is_set():
+            if self.workers.stop.is_set():
                 raise Stopped()
             try:
                 return self._queue.get(timeout=POLL_S)
