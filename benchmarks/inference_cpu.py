@@ -106,7 +106,7 @@ sys.exit(code)
 def rss_by_length(seconds_list=(10, 60)) -> dict:
     import soundfile
 
-    from latentsync.video import ffmpeg_exe
+    from latentsync.io import ffmpeg_exe
     from scripts.make_tiny_checkpoints import make_tiny_checkpoints
 
     results = {}

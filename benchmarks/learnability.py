@@ -172,6 +172,7 @@ def dub_all(layout: Layout, plan: Plan, whisper: str, jobs: int, seed: int) -> d
     from concurrent.futures import ThreadPoolExecutor
 
     from benchmarks.learnability_parts import dubbing
+    from latentsync.loading import ModelFiles
     from latentsync.pipelines.lipsync_pipeline import LipsyncPipeline
     from latentsync.pipelines.options import LipsyncOptions
     from latentsync.synthetic.corpus import read_manifest
@@ -179,12 +180,11 @@ def dub_all(layout: Layout, plan: Plan, whisper: str, jobs: int, seed: int) -> d
     stage2 = layout.run_dir("unet_stage2")
     options = LipsyncOptions(inference_steps=plan.inference_steps, seed=seed, show_progress=False)
     pairs = dubbing.dub_pairs(read_manifest(layout.corpus), plan.max_dubs)
+    files = ModelFiles(unet_config=stage2 / "config.yaml", whisper=whisper, vae=layout.vae,
+                       unet_ckpt=layout.checkpoint("unet_stage2", plan.stage1_steps + plan.stage2_steps))
     pipelines = queue.SimpleQueue()
     for _ in range(min(jobs, len(pairs))):
-        pipelines.put(LipsyncPipeline.from_checkpoints(
-            unet_config_path=stage2 / "config.yaml",
-            inference_ckpt_path=layout.checkpoint("unet_stage2", plan.stage1_steps + plan.stage2_steps),
-            whisper_ckpt_path=whisper, vae_path=layout.vae, device="cpu"))
+        pipelines.put(LipsyncPipeline.from_files(files, device="cpu"))
 
     def dub(pair) -> tuple[str, int]:
         clip, new, third = pair

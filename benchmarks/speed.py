@@ -98,7 +98,7 @@ def make_clip(tmp: Path, frames: int) -> tuple[Path, Path]:
     import soundfile
 
     from latentsync.constants import MODEL_FPS, SAMPLE_RATE
-    from latentsync.video import ffmpeg_exe
+    from latentsync.io import ffmpeg_exe
 
     video, audio = tmp / "clip.mp4", tmp / "clip.wav"
     subprocess.run([ffmpeg_exe(), "-loglevel", "error", "-y", "-i", str(MEDIA / "demo1_video.mp4"), "-frames:v",
@@ -383,7 +383,7 @@ def decode_markdown(section: dict | None) -> str:
 # -- quality on the learnability benchmark's trained models -------------------------------------
 
 QUALITY_KEYS = ("dub_mouth_correlation", "dub_lse_c", "dub_mouth_ssim")  # as in the learnability summary.json
-GATED_KEYS = ("dub_mouth_correlation", "dub_lse_c")  # "within 5 %" of the reference settings (issue 13)
+GATED_KEYS = ("dub_mouth_correlation", "dub_lse_c")  # kept "within 5 %" of the reference settings
 QUALITY_TOLERANCE = 0.05
 SPEEDUP_TARGETS = {"balanced": 2.0, "fast": 4.0}
 LEARNABILITY_STEPS = ("corpus", "whisper", "vae", "syncnet", "unet_stage2")
@@ -409,14 +409,13 @@ def quality_runs(work: Path, settings: dict, clips: int, max_frames: int, tmp: P
     of QUALITY_KEYS, and seconds per frame."""
     import dataclasses
 
-    from omegaconf import OmegaConf
-
     from benchmarks.learnability import SEED
     from benchmarks.learnability_parts import dubbing
     from benchmarks.learnability_parts.plan import Layout
     from latentsync.face.detectors import make_face_detector
     from latentsync.loading import ModelFiles
     from latentsync.models import load_syncnet
+    from latentsync.io import read_yaml
     from latentsync.pipelines.lipsync_pipeline import LipsyncPipeline
     from latentsync.synthetic.corpus import read_manifest
 
@@ -425,7 +424,7 @@ def quality_runs(work: Path, settings: dict, clips: int, max_frames: int, tmp: P
                                                  unet_ckpt=models["unet"], whisper=models["whisper"],
                                                  vae=layout.vae), device="cpu")
     syncnet = load_syncnet(layout.syncnet_config, models["syncnet"], device="cpu").eval()
-    config, detector = OmegaConf.load(layout.syncnet_config), make_face_detector("mediapipe")
+    config, detector = read_yaml(layout.syncnet_config), make_face_detector("mediapipe")
     try:
         truths = {}
         for clip, new, third in dubbing.dub_pairs(read_manifest(layout.corpus), clips):
@@ -462,7 +461,7 @@ def quality_runs(work: Path, settings: dict, clips: int, max_frames: int, tmp: P
 
 def quality_verdicts(runs: dict, quality: dict) -> dict:
     """Per preset with a speed-up target: the speed-up and each gated metric as a fraction of the
-    reference settings', and whether the issue's targets hold (at least the target speed-up, and
+    reference settings', and whether the presets' targets hold (at least the target speed-up, and
     no gated metric more than QUALITY_TOLERANCE below the reference settings')."""
     reference = quality["runs"][REFERENCE_NAME]
     verdicts = {}

@@ -22,8 +22,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import av
-
 from latentsync.cli_args import setting
 from latentsync.constants import AUDIO_EXTENSIONS, MODEL_FPS, SAMPLE_RATE, VIDEO_EXTENSIONS
 from latentsync.errors import UserError
@@ -31,6 +29,7 @@ from latentsync.io import atomic_write_text
 from latentsync.loading import HOW_TO_GET, SMOKE_TEST, ModelSettings
 from latentsync.pipelines.options import RANDOM_SEED, LipsyncOptions, option_field
 from latentsync.pipelines.results import FACES, SEGMENTS, Progress
+from latentsync.video import open_media, stream_duration
 
 logger = logging.getLogger(__name__)
 
@@ -141,21 +140,9 @@ def check_audio(path: str | None, max_mb: float, max_duration_s: float) -> float
     if not path:
         raise UserError("no audio: upload or record the speech to dub first")
     check_size(path, "audio", max_mb)
-    try:
-        container = av.open(path)
-    except av.FFmpegError as e:
-        raise UserError(f"{path}: not a readable audio file ({getattr(e, 'strerror', None) or e})") from None
-    with container:
-        if not container.streams.audio:
-            raise UserError(f"{path}: contains no audio stream")
-        stream = container.streams.audio[0]
-        if stream.duration is not None and stream.time_base:
-            duration = float(stream.duration * stream.time_base)
-        elif container.duration is not None:
-            duration = container.duration / av.time_base
-        else:
-            duration = None
-    if duration is None:  # some containers (raw streams) carry no duration: decode to know
+    with open_media(path, "audio", what="audio file") as container:
+        duration = stream_duration(container, container.streams.audio[0])
+    if not duration:  # some containers (raw streams) carry no duration: decode to know
         from latentsync.audio import load_audio
 
         duration = len(load_audio(path)) / SAMPLE_RATE

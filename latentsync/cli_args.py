@@ -152,3 +152,16 @@ class OneLineParser(argparse.ArgumentParser):
     def error(self, message: str):
         print(f"error: {message}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
+
+
+class DeprecatedFlag(argparse.Action):
+    """An old spelling of a flag: stores into the new flag's `dest` and warns once per process,
+    naming the new spelling. `parser.add_argument("--old", dest="new", action=DeprecatedFlag)`."""
+
+    warned: set = set()
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if option_string not in DeprecatedFlag.warned:
+            DeprecatedFlag.warned.add(option_string)
+            logging.getLogger(__name__).warning("%s is deprecated: use --%s", option_string, self.dest)
+        setattr(namespace, self.dest, values)

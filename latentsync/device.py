@@ -87,7 +87,7 @@ def pick_dtype(requested: str | None, device: torch.device) -> torch.dtype:
     if requested in (None, "", "auto"):
         return torch.float16 if device.type == "cuda" else torch.float32
     if requested not in DTYPES:
-        raise UserError(f"dtype {requested!r}: expected one of fp32, fp16, bf16")
+        raise UserError(f"dtype {requested!r}: expected one of {', '.join(DTYPE_NAMES.values())}")
     dtype = DTYPES[requested]
     if not native_dtype(dtype, device):
         logger.warning("dtype %s: this %s does not compute it natively (%s), so it would run slower than fp32; "

@@ -22,6 +22,7 @@ from pathlib import Path
 from latentsync.checkpoints import CHECKPOINTS_DIR, checkpoint_file, default_path
 from latentsync.cli_args import setting
 from latentsync.errors import UserError
+from latentsync.io import read_yaml
 from latentsync.face.detectors import DEFAULT_FACE_BACKEND, DETECTOR_NAMES
 from latentsync.face.mask import resolve_mask
 from latentsync.paths import config_path
@@ -156,18 +157,6 @@ class ModelSettings:
         return ModelFiles.in_folder(self.checkpoints_dir, unet_config=self.unet_config_path,
                                     unet_ckpt=self.inference_ckpt_path, whisper=self.whisper_ckpt_path,
                                     vae=self.vae_path)
-
-
-def read_yaml(path) -> dict:
-    """A YAML config as a plain dict, or a UserError naming the file."""
-    from omegaconf import OmegaConf
-
-    if not Path(path).is_file():
-        raise UserError(f"{path}: config file not found")
-    try:
-        return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-    except Exception as exc:  # OmegaConf/YAML parse errors of several kinds
-        raise UserError(f"{path}: not a readable YAML config ({str(exc).splitlines()[0]})") from None
 
 
 def whisper_for(config: dict, config_path, checkpoints_dir=CHECKPOINTS_DIR) -> Path:

@@ -58,20 +58,6 @@ AUDIO_BITRATE = "192k"  # AAC bitrate for muxed output audio
 FPS_MAX_DENOMINATOR = 1001000  # float fps -> exact fraction (29.97, 30000/1001, 12.5 ...)
 # names that used to be re-exported here: they still resolve, with a DeprecationWarning, until
 # the last importers take them from their own module
-MOVED_NAMES = {"ffmpeg_exe": "latentsync.io"}
-
-
-def __getattr__(name: str):
-    if name in MOVED_NAMES:
-        import importlib
-        import warnings
-
-        warnings.warn(f"latentsync.video.{name} is deprecated: import it from {MOVED_NAMES[name]}",
-                      DeprecationWarning, stacklevel=2)
-        return getattr(importlib.import_module(MOVED_NAMES[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 @dataclass
 class VideoInfo:
     """What a caller needs to know about a video file before decoding it."""
@@ -309,7 +295,7 @@ def probe_video(path: PathLike) -> VideoInfo:
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
         fps = float(rate) if rate else 0.0
         num_frames = stream.frames
-        duration = _stream_duration(container, stream)
+        duration = stream_duration(container, stream)
         if num_frames <= 0:  # header does not say: count packets (no pixel decoding)
             times, end = _packet_times(path)
             num_frames = len(times)
@@ -328,7 +314,8 @@ def probe_video(path: PathLike) -> VideoInfo:
         )
 
 
-def _stream_duration(container, stream) -> float:
+def stream_duration(container, stream) -> float:
+    """Seconds the stream (else the container) says it lasts; 0.0 when neither says."""
     if stream.duration and stream.time_base:
         return float(stream.duration * stream.time_base)
     if container.duration:

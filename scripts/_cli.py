@@ -8,8 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 from latentsync.checkpoints import default_path
-# run_cli, TRAIN_LOG_FORMAT and user_message are also imported from here by train_*.py and tests/test_io_core.py
-from latentsync.cli_args import PLAIN_LOG_FORMAT, TRAIN_LOG_FORMAT, OneLineParser, run_cli, user_message  # noqa: F401
+from latentsync.cli_args import PLAIN_LOG_FORMAT, OneLineParser, run_cli
 from latentsync.errors import UserError
 
 

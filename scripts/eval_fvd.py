@@ -8,6 +8,7 @@ import sys
 
 from latentsync.device import pick_device
 from latentsync.face.detectors import DEFAULT_FACE_BACKEND
+from latentsync.cli_args import DeprecatedFlag
 from ._cli import command, require_dirs, video_dirs_parser
 
 
@@ -15,7 +16,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = video_dirs_parser(__doc__, "--i3d_path", "i3d", "TorchScript I3D (StyleGAN-V release)")
     parser.add_argument("--device", default="cpu", help="device for I3D (the reference uses the CPU)")
     parser.add_argument("--face_backend", default=DEFAULT_FACE_BACKEND, help="face detector backend")
-    parser.add_argument("--face_detector", dest="face_backend", help="deprecated spelling of --face_backend")
+    parser.add_argument("--face_detector", dest="face_backend", action=DeprecatedFlag,
+                        help="deprecated spelling of --face_backend")
     return parser.parse_args(argv)
 
 

@@ -12,6 +12,7 @@ from latentsync.device import pick_device
 from latentsync.errors import UserError
 from latentsync.eval.s3fd import DETECTOR_CHOICES, S3FD_PATH, choose_face_detector
 from latentsync.checkpoints import default_path
+from latentsync.cli_args import DeprecatedFlag
 from ._cli import command, new_parser, require_dirs
 
 
@@ -33,7 +34,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="face detector for the face tracks; auto (default): s3fd, the reference's "
                              "detector, when its weights exist, else mediapipe (scores then not "
                              "comparable with published numbers)")
-    parser.add_argument("--face_detector", dest="face_backend", choices=DETECTOR_CHOICES,
+    parser.add_argument("--face_detector", dest="face_backend", choices=DETECTOR_CHOICES, action=DeprecatedFlag,
                         help="deprecated spelling of --face_backend")
     parser.add_argument("--s3fd_path", default=None,
                         help=f"S3FD weights (syncnet_python's sfd_face.pth; default {S3FD_PATH})")

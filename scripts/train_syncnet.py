@@ -13,9 +13,9 @@ config, missing data or unusable checkpoint.
 
 import sys
 
+from latentsync.cli_args import TRAIN_LOG_FORMAT, run_cli
 from latentsync.training.options import training_command
 from latentsync.training.syncnet_trainer import KIND, train
-from ._cli import TRAIN_LOG_FORMAT, run_cli
 
 
 def main(argv=None) -> int:

@@ -13,9 +13,9 @@ one-line message and exit code 2.
 
 import sys
 
+from latentsync.cli_args import TRAIN_LOG_FORMAT, run_cli
 from latentsync.training.options import training_command
 from latentsync.training.unet_trainer import KIND, train
-from ._cli import TRAIN_LOG_FORMAT, run_cli
 
 
 def main(argv=None) -> int:

@@ -7,7 +7,8 @@ import pytest
 from conftest import MEDIA, need
 from latentsync.batch import SKIPPED, WROTE, run_batch
 from latentsync.jobs import PipelineSpec
-from latentsync.video import ffmpeg_exe, probe_video
+from latentsync.io import ffmpeg_exe
+from latentsync.video import probe_video
 
 SPEECH_S = 0.6  # 15 frames: one UNet segment
 

@@ -9,7 +9,8 @@ import soundfile
 import torch
 
 from conftest import MEDIA, REPO, need
-from latentsync.video import ffmpeg_exe, iter_frames
+from latentsync.io import ffmpeg_exe
+from latentsync.video import iter_frames
 
 FPS = 50.0  # not the model's 25: the node must convert both ways and still return the right count
 SPEECH_S = 0.61  # 31 frames at 50 fps (the pipeline writes 32; the node returns what the audio needs)

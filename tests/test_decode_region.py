@@ -1,4 +1,4 @@
-"""decode_region "mouth" (issue 13): VAE-decode only the latent rows of the mouth region.
+"""decode_region "mouth": VAE-decode only the latent rows of the mouth region.
 
 The cropped decode is not exact (the decoder's GroupNorms and mid-block attention see the whole
 image), so inside the regenerated area it is compared with a measured tolerance; outside it both

@@ -27,7 +27,6 @@ ISSUE_CITATION = re.compile(r"\bissues? #?\d+|(?<![\w&/])#\d{1,4}\b", re.IGNOREC
 ISSUE_SUFFIXES = {".py", ".yaml", ".yml", ".md"}
 # files of other areas that still cite issue numbers, until their owners remove the citations
 # (the test fails once a listed file is clean, so the list only shrinks)
-ISSUE_CITATIONS_LEFT = {"benchmarks/speed.py", "tests/test_decode_region.py", "tests/test_speed_options.py"}
 DOC_REFERENCE = re.compile(r"\bdocs/([A-Za-z0-9_.-]+\.md)\b")
 MARKDOWN_LINK = re.compile(r"\]\(([^)\s#]+)(#[^)\s]*)?\)")
 
@@ -109,10 +108,8 @@ def test_no_issue_tracker_citations():
             "comfyui_latentsync/nodes.py"} <= names
     found = {p.relative_to(REPO).as_posix(): issue_citations(read(p)) for p in files}
     problems = [f"{name}:{number}: cites an issue number the repository cannot resolve: {line}"
-                for name, hits in found.items() if name not in ISSUE_CITATIONS_LEFT for number, line in hits]
+                for name, hits in found.items() for number, line in hits]
     assert not problems, "\n".join(problems)
-    clean = sorted(name for name in ISSUE_CITATIONS_LEFT if not found.get(name))
-    assert not clean, f"no citation left in {clean}: remove them from ISSUE_CITATIONS_LEFT"
 
 
 def test_cited_docs_pages_exist():

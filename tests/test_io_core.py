@@ -18,7 +18,7 @@ from latentsync import checkpoints, io
 from latentsync.errors import ExternalToolError, UserError
 from latentsync.models.checkpoint import read_state_dict
 from latentsync.video import VideoWriter
-from scripts._cli import user_message
+from latentsync.cli_args import user_message
 
 FRAMES = np.zeros((4, 64, 64, 3), np.uint8)
 
@@ -214,7 +214,7 @@ def default_signals() -> None:
 
 LONG_JOB = """
 import sys, tempfile, time
-from scripts._cli import run_cli
+from latentsync.cli_args import run_cli
 
 def job():
     with tempfile.TemporaryDirectory(dir=sys.argv[1], prefix="job-") as folder:

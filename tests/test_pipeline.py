@@ -17,7 +17,7 @@ from latentsync.models.unet import Conditioning
 from latentsync.pipelines.lipsync_pipeline import LipsyncOptions, LipsyncPipeline
 from latentsync.pipelines.segments import plan_segments, source_index
 from latentsync.schedulers import make_scheduler
-from latentsync.video import ffmpeg_exe
+from latentsync.io import ffmpeg_exe
 from scripts.inference import main as inference_main
 from scripts.make_tiny_checkpoints import make_tiny_checkpoints
 
@@ -383,7 +383,9 @@ def test_inference_sh_reports_a_missing_checkpoint_in_one_line(tmp_path):
                              "--audio_path", need(MEDIA / "demo1_audio.wav"), "--video_out_path", tmp_path / "o.mp4",
                              "--inference_ckpt_path", tmp_path / "nope.pt"], capture_output=True, text=True)
     assert result.returncode == 2
-    assert result.stderr == f"error: {tmp_path / 'nope.pt'}: checkpoint file not found\n"
+    assert result.stderr.count("\n") == 1  # one line: the file, where to get it, how to smoke-test without it
+    assert result.stderr.startswith(f"error: {tmp_path / 'nope.pt'}: checkpoint file not found (")
+    assert "scripts.make_tiny_checkpoints" in result.stderr
 
 
 # -- the Whisper file follows the UNet's width ---------------------------------------------------
@@ -400,7 +402,8 @@ def test_whisper_checkpoint_is_picked_from_cross_attention_dim(tiny, tmp_path, c
             "--vae_path", tiny / "vae", "--checkpoints_dir", ckpts, "--video_path", need(MEDIA / "demo1_video.mp4"),
             "--audio_path", need(MEDIA / "demo1_audio.wav"), "--video_out_path", tmp_path / "o.mp4"]
     assert run_cli(args) == 2  # not downloaded yet: the message names the file that was picked
-    assert capsys.readouterr().err == f"error: {ckpts / name}: Whisper checkpoint not found\n"
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {ckpts / name}: Whisper checkpoint not found (")
     (ckpts / name).parent.mkdir(parents=True)
     (ckpts / name).write_bytes((tiny / "whisper/tiny.pt").read_bytes())
     files = loading.resolve_files(tmp_path / "unet.yaml", tiny / "latentsync_unet.pt", None, tiny / "vae", ckpts)

@@ -210,3 +210,16 @@ def test_trainers_take_the_reference_config_flags():
     assert result.returncode == 0, result.stderr[-2000:]
     unet, syncnet = result.stdout.split("=== scripts.train_syncnet")
     assert "--unet_config_path CONFIG_PATH" in unet and "--config_path CONFIG_PATH" in syncnet
+
+
+def test_deprecated_face_detector_flag_still_works_and_warns_once(caplog):
+    from latentsync.cli_args import DeprecatedFlag
+    from scripts import eval_sync_conf
+
+    DeprecatedFlag.warned.discard("--face_detector")
+    with caplog.at_level("WARNING"):
+        first = eval_sync_conf.parse_args(["--video_path", "x.mp4", "--face_detector", "mediapipe"])
+        again = eval_sync_conf.parse_args(["--video_path", "x.mp4", "--face_detector", "s3fd"])
+    assert (first.face_backend, again.face_backend) == ("mediapipe", "s3fd")
+    warnings = [r.getMessage() for r in caplog.records if "deprecated" in r.getMessage()]
+    assert warnings == ["--face_detector is deprecated: use --face_backend"]

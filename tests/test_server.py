@@ -24,7 +24,8 @@ from latentsync.errors import UserError
 from latentsync.server.api import create_app
 from latentsync.server.cli import main as server_main
 from latentsync.server.settings import ServerSettings
-from latentsync.video import ffmpeg_exe, iter_frames, probe_video
+from latentsync.io import ffmpeg_exe
+from latentsync.video import iter_frames, probe_video
 
 SPEECH_S = 0.6  # 15 output frames: one UNet segment with the tiny checkpoints
 POLL_S = 0.2

@@ -1,4 +1,4 @@
-"""Speed options (issue 13): samplers, presets, precision by hardware, CPU kernels, compile."""
+"""Speed options: samplers, presets, precision by hardware, CPU kernels, compile."""
 
 import copy
 import dataclasses

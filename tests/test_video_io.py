@@ -373,15 +373,6 @@ def test_open_media_names_the_file_and_the_missing_stream(media, tmp_path):
         video.open_media(tmp_path)
 
 
-def test_moved_names_still_resolve_with_a_deprecation_warning():
-    from latentsync import io
-
-    with pytest.warns(DeprecationWarning, match="import it from latentsync.io"):
-        assert video.ffmpeg_exe is io.ffmpeg_exe
-    with pytest.raises(AttributeError):
-        video.no_such_name
-
-
 # --------------------------------------------------------------------------------------------
 # memory
 

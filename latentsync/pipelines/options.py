@@ -7,12 +7,11 @@ imports torch, so the CLI can check a user's options before the slow imports.
 
 import argparse
 import math
-import types
 import typing
-from dataclasses import dataclass, field, fields
-from typing import Any
+from dataclasses import dataclass, fields
 
-from latentsync.constants import DEFAULT_SEED, MODEL_FPS
+from latentsync.cli_args import add_arguments, setting, value_type
+from latentsync.constants import DEFAULT_SEED, MODEL_FPS, OUTPUT_CRF
 from latentsync.errors import UserError
 from latentsync.schedulers import SAMPLERS  # no torch import there either
 
@@ -38,14 +37,25 @@ PRESET_FLAG = "preset"  # a command-line expansion into the fields above, not a 
 
 
 def option(default, help: str, *, choices=None, min=None, max=None, cli: bool = True, ui_max=None,
-           label: str | None = None, metavar=None):
-    """A LipsyncOptions field with its help, allowed values and where it is exposed.
+           label: str | None = None, metavar=None, parse=None):
+    """A LipsyncOptions field with its help, allowed values and where it is exposed: a
+    latentsync.cli_args `setting` (its flag) plus the bounds `check_options` enforces.
 
     `cli=False` keeps a field off the command line (library and training use only); `ui_max` is the
-    largest value the app's slider offers (the library accepts more); `label` names the app control.
+    largest value the app's slider offers (the library accepts more); `label` names the app control;
+    `parse` turns the flag's text into the value.
     """
-    return field(default=default, metadata=dict(help=help, choices=choices, min=min, max=max, cli=cli,
-                                                 ui_max=ui_max, label=label, metavar=metavar))
+    return setting(default, help, choices=choices, cli=cli, metavar=metavar, parse=parse, min=min, max=max,
+                   ui_max=ui_max, label=label)
+
+
+def fps_arg(text: str):
+    if text == ORIGINAL_FPS:
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or '{ORIGINAL_FPS}'") from None
 
 
 @dataclass(frozen=True)
@@ -82,13 +92,13 @@ class LipsyncOptions:
         None, "speaker: the face overlapping this box x1 y1 x2 y2 in the first frames",
         metavar=("X1", "Y1", "X2", "Y2"))
     output_fps: float | None = option(None, f"frame rate of the output (default: {MODEL_FPS}, the model's rate; "
-                                            f"'{ORIGINAL_FPS}': the input's rate)", min=1.0)
+                                            f"'{ORIGINAL_FPS}': the input's rate)", min=1.0, parse=fps_arg)
     output_height: int | None = option(None, "scale the output to this height (default: the input's)", min=16)
     segment_batch: int = option(1, "segments denoised together in one UNet call (same frames; mainly faster on a "
                                    "GPU, more memory)", min=1)
     num_frames: int = option(16, "frames per UNet segment (at most the UNet's max_frames: its motion modules' "
                                  "temporal_position_encoding_max_len, 24 in the released configs)", min=1, cli=False)
-    crf: int = option(18, "x264 quality of the output (0 lossless .. 51 worst)", min=0, max=51, cli=False)
+    crf: int = option(OUTPUT_CRF, "x264 quality of the output (0 lossless .. 51 worst)", min=0, max=51, cli=False)
     temp_dir: str | None = option(None, "folder for temporary files (default: the system's)")
     show_progress: bool = option(True, "draw progress bars on the terminal", cli=False)
 
@@ -110,10 +120,7 @@ def option_field(name: str):
 
 def field_type(name: str) -> type:
     """The value type of option `name` without Optional (int, float, str, bool or tuple)."""
-    hint = typing.get_type_hints(LipsyncOptions)[name]
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        hint = next(a for a in typing.get_args(hint) if a is not type(None))
-    return typing.get_origin(hint) or hint
+    return value_type(typing.get_type_hints(LipsyncOptions)[name])
 
 
 def check_options(opts: LipsyncOptions) -> None:
@@ -148,34 +155,13 @@ def preset_options(preset: str | None, **explicit) -> LipsyncOptions:
 
 # -- the command line ---------------------------------------------------------------------------
 
-def _fps_arg(text: str):
-    if text == ORIGINAL_FPS:
-        return text
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number or '{ORIGINAL_FPS}'") from None
-
-
 def add_option_arguments(parser: argparse.ArgumentParser) -> None:
     """One `--name` flag per CLI option field, with the field's default, choices and help, and
     `--preset`, which expands into several of them (see PRESETS)."""
     parser.add_argument(f"--{PRESET_FLAG}", default=None, choices=tuple(PRESETS),
                         help="; ".join(f"{name}: " + ", ".join(f"{k} {v}" for k, v in values.items())
                                        for name, values in PRESETS.items()) + " (flags given explicitly win)")
-    for f in option_fields():
-        meta = f.metadata
-        if not meta["cli"]:
-            continue
-        kind = field_type(f.name)
-        kwargs: dict[str, Any] = dict(default=f.default, help=meta["help"])
-        if kind is bool:
-            kwargs["action"] = "store_true"
-        elif kind is tuple:
-            kwargs.update(type=float, nargs=len(meta["metavar"]), metavar=meta["metavar"])
-        else:
-            kwargs.update(type=_fps_arg if f.name == "output_fps" else kind, choices=meta["choices"])
-        parser.add_argument(f"--{f.name}", **kwargs)
+    add_arguments(parser, LipsyncOptions)
 
 
 def given_options(parser: argparse.ArgumentParser, argv=None) -> set[str]:

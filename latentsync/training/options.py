@@ -47,7 +47,7 @@ def parse_train_options(argv, description: str, config_flag: str, config_help: s
 
 def training_command(argv, description: str, kind, train: Callable[[TrainOptions], Path],
                      config_help: str) -> Callable[[], None]:
-    """What a training script runs (inside scripts/_cli.run_cli): parse `argv`, train, print the run folder."""
+    """What a training script runs (inside latentsync.cli_args.run_cli): parse `argv`, train, print the run folder."""
 
     def command() -> None:
         run_dir = train(parse_train_options(argv, description, kind.config_flag, config_help))

@@ -87,8 +87,7 @@ def build_models(config: UNetConfig, unet: torch.nn.Module, device: torch.device
     vae = load_vae(str(ckpt.vae_path), device, weight_dtype).requires_grad_(False)
     if checkpointing and settings.pixel_space_supervise:
         vae.enable_gradient_checkpointing()
-    models = Models(unet=unet, vae=vae, alphas_cumprod=scheduler.alphas_cumprod.clone(),
-                    num_train_timesteps=int(scheduler.config.num_train_timesteps))
+    models = Models(unet=unet, vae=vae, scheduler=scheduler)
     if config.data.cache_latents:
         models.latent_cache = LatentCache(vae)
     if settings.use_syncnet:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from diffusers import SchedulerMixin
 from einops import rearrange
 
 from latentsync.errors import UserError
@@ -32,14 +33,21 @@ class Models:
 
     unet: torch.nn.Module
     vae: torch.nn.Module
-    alphas_cumprod: torch.Tensor
-    num_train_timesteps: int
+    scheduler: SchedulerMixin  # the training noise schedule (make_scheduler): add_noise, alphas_cumprod
     syncnet: torch.nn.Module | None = None
     syncnet_resolution: int = 256
     syncnet_lower_half: bool = True
     lpips: torch.nn.Module | None = None
     trepa: object | None = None  # TREPALoss
     latent_cache: "LatentCache | None" = None  # data.cache_latents
+
+    @property
+    def alphas_cumprod(self) -> torch.Tensor:
+        return self.scheduler.alphas_cumprod
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return int(self.scheduler.config.num_train_timesteps)
 
 
 @dataclass
@@ -197,8 +205,8 @@ def training_step(models: Models, batch: dict, settings: StepSettings, generator
     gt_latents, condition = encode_batch(models, batch, generator, device)
     noise = make_noise(gt_latents.shape, settings, generator, device)
     timesteps = torch.randint(0, models.num_train_timesteps, (gt_latents.shape[0],), generator=generator, device=device)
+    noisy = models.scheduler.add_noise(gt_latents, noise, timesteps)  # in fp32
     abar = models.alphas_cumprod.to(device)[timesteps].reshape(-1, 1, 1, 1, 1)
-    noisy = abar.sqrt() * gt_latents + (1 - abar).sqrt() * noise  # diffusers add_noise, in fp32
     audio = batch["audio_embeds"].to(device)
     with autocast if autocast is not None else torch.autocast(device.type, enabled=False):
         out = unet(unet_input(noisy, condition), timesteps, encoder_hidden_states=audio).sample
