@@ -2,8 +2,8 @@
 x0 estimate decoded to pixels -> LPIPS, SyncNet and TREPA losses, weighted by the `run:` settings.
 
 `training_step` is the whole step; the rest are its pieces. The random draws (VAE posterior
-samples, noise, timesteps) all come from the generator the caller passes, so a step is
-reproducible from (seed, rank, step) alone.
+samples, noise, timesteps) all come from the generator (or `StepDraws`) the caller passes, so a
+step is reproducible from (seed, step) alone, under any number of processes.
 """
 
 from dataclasses import dataclass
@@ -18,6 +18,7 @@ from latentsync.losses.noise import mixed_noise, one_step_x0, prediction_target
 from latentsync.models.stable_syncnet import sync_loss
 from latentsync.models.vae import latent_scale_shift
 from latentsync.schedulers import check_prediction_type
+from latentsync.training.state import StepDraws
 
 LOSS_TERMS = ("recon", "sync", "lpips", "trepa")
 WEIGHT_KEYS = {"recon": "recon_loss_weight", "sync": "sync_loss_weight", "lpips": "perceptual_loss_weight",
@@ -82,7 +83,7 @@ def vae_encode(vae, pixels: torch.Tensor, generator: torch.Generator) -> torch.T
     batch = pixels.shape[0]
     scale, shift = latent_scale_shift(vae)
     flat = rearrange(pixels, "b f c h w -> (b f) c h w").to(vae.device, vae.dtype)
-    latents = (vae.encode(flat).latent_dist.sample(generator=generator) - shift) * scale
+    latents = (StepDraws.of(generator).posterior_sample(vae.encode(flat).latent_dist) - shift) * scale
     return rearrange(latents.float(), "(b f) c h w -> b c f h w", b=batch)
 
 
@@ -136,7 +137,7 @@ class LatentCache:
         mean = torch.stack([self.moments[key][0] for key in keys])
         std = torch.stack([self.moments[key][1] for key in keys])
         scale, shift = latent_scale_shift(self.vae)
-        eps = torch.randn(mean.shape, generator=generator, device=mean.device)
+        eps = StepDraws.of(generator).randn(mean.shape, mean.device)
         return rearrange((mean + std * eps - shift) * scale, "(b f) c h w -> b c f h w", b=batch)
 
 
@@ -195,14 +196,15 @@ def noise_loss(eps: torch.Tensor, noise: torch.Tensor, keep: torch.Tensor, mask_
     return (squared * weights).mean() / weights.mean()
 
 
-def training_step(models: Models, batch: dict, settings: StepSettings, generator: torch.Generator,
+def training_step(models: Models, batch: dict, settings: StepSettings, generator: "torch.Generator | StepDraws",
                   autocast=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The weighted loss of one batch and its active terms (see StepSettings.active_terms)."""
     unet = models.unet
     device = next(p for p in unet.parameters()).device
-    gt_latents, condition = encode_batch(models, batch, generator, device)
-    noise = make_noise(gt_latents.shape, settings, generator, device)
-    timesteps = torch.randint(0, models.num_train_timesteps, (gt_latents.shape[0],), generator=generator, device=device)
+    draws = StepDraws.of(generator)
+    gt_latents, condition = encode_batch(models, batch, draws, device)
+    noise = draws.local(lambda shape: make_noise(shape, settings, draws.generator, device), gt_latents.shape)
+    timesteps = draws.randint(models.num_train_timesteps, (gt_latents.shape[0],), device)
     abar = models.alphas_cumprod.to(device)[timesteps].reshape(-1, 1, 1, 1, 1)
     noisy = abar.sqrt() * gt_latents + (1 - abar).sqrt() * noise  # diffusers add_noise, in fp32
     audio = batch["audio_embeds"].to(device)
