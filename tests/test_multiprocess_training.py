@@ -335,7 +335,11 @@ def unet_runs(tiny, media, tmp_path_factory):  # noqa: F811
     finally:
         torch.set_num_threads(threads)
     runs = work / "runs"
-    train_2("scripts.train_unet", ["--unet_config_path", str(config), "--run_name", "two", *common], work / "logs")
+    # with validation on rank 0 (a video at steps 4 and 8) while rank 1 waits: training must not notice
+    validation = [f"data.val_video_path={media['clip']}", f"data.val_audio_path={media['val_audio']}",
+                  "run.validation_steps=4", "run.inference_steps=1"]
+    train_2("scripts.train_unet", ["--unet_config_path", str(config), "--run_name", "two", *common, *validation],
+            work / "logs")
 
     # the same 2-process run with rank 1 killed once the step-2 checkpoint is written
     broken = runs / "broken"
@@ -366,6 +370,14 @@ def test_unet_two_processes_train_as_one_with_twice_the_batch(unet_runs):
     assert_trained(weights(unet_runs["one"], 2)["state_dict"], a)
     torch.testing.assert_close(torch.tensor(history(unet_runs["one"], UNET_STEPS)["train_loss_list"]),
                                torch.tensor(history(unet_runs["two"], UNET_STEPS)["train_loss_list"]), **TOLERANCE)
+
+
+def test_unet_validation_videos_come_from_rank_0_without_disturbing_training(unet_runs):
+    """The 2-process run validated (rank 0) at steps 4 and 8, the broken and resumed one never, and
+    both end with the same weights (test below); the one-process run did not validate either."""
+    videos = sorted(p.name for p in (unet_runs["two"] / "val_videos").iterdir())
+    assert videos == ["val_video_4.mp4", "val_video_8.mp4"]
+    assert not (unet_runs["broken"] / "val_videos").exists()
 
 
 def test_a_killed_process_stops_the_run_and_leaves_the_last_checkpoint(unet_runs):
