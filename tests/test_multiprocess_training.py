@@ -170,6 +170,31 @@ def test_step_draws_of_two_processes_are_the_rows_of_one_process_draws():
                        torch.randn((5, 3), generator=plain))
 
 
+def test_each_process_resumes_its_own_rng_states():
+    from types import SimpleNamespace
+
+    from latentsync.training.core import Run
+    from latentsync.training.state import rng_state, set_rng_state
+
+    saved = rng_state()
+    try:
+        states = []
+        for seed in (10, 11):
+            torch.manual_seed(seed)
+            states.append(rng_state())
+        state = {"rng": states[0], "rng_ranks": states}
+        process = SimpleNamespace(rank=1, world_size=2, step=3, config=SimpleNamespace(run=SimpleNamespace(seed=5)))
+        Run.restore_rngs(process, state)
+        assert torch.equal(torch.get_rng_state(), states[1]["torch"])
+        # resumed with 3 processes: rank 0 takes the main process's states, the others a fresh seed
+        Run.restore_rngs(SimpleNamespace(**{**vars(process), "rank": 0, "world_size": 3}), state)
+        assert torch.equal(torch.get_rng_state(), states[0]["torch"])
+        Run.restore_rngs(SimpleNamespace(**{**vars(process), "rank": 2, "world_size": 3}), state)
+        assert not any(torch.equal(torch.get_rng_state(), s["torch"]) for s in states)
+    finally:
+        set_rng_state(saved)
+
+
 def test_a_cpu_launch_that_starts_one_process_is_refused():
     """`accelerate launch --cpu --num_processes 2` runs a single process (accelerate needs mpirun
     for more) with MASTER_ADDR set and no WORLD_SIZE: the trainers stop with a message."""

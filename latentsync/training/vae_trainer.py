@@ -10,7 +10,8 @@ TensorBoard and charts are the shared core (latentsync/training/core.py). Data: 
 `data.resolution` and decoded once into a uint8 frame bank (`.npy`, read through a memory map,
 so memory does not grow with the data). A sample is one frame drawn by its index (and flipped
 left-right with `data.horizontal_flip`, cut to a random `data.crop_size` square if set), so
-resuming reproduces the uninterrupted run.
+resuming reproduces the uninterrupted run, and N processes (`accelerate launch --multi_gpu`)
+train as one with N times the batch (docs/training.md, "Several processes").
 
 Loss: `loss.l1_weight` x L1 + `loss.mse_weight` x MSE between the decoded posterior sample and the
 input, + `loss.kl_weight` x the KL divergence to N(0, 1) per latent element. Validation: PSNR and
