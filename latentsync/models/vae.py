@@ -44,13 +44,18 @@ def posterior(vae, pixels: torch.Tensor, batch: int | None = None) -> tuple[torc
 
 def sample_latents(vae, mean: torch.Tensor, std: torch.Tensor, generator: torch.Generator | None,
                    groups: int = 1) -> torch.Tensor:
-    """A posterior sample `mean + std * eps`, shifted and scaled for the UNet: `(z - shift) * scale`.
+    """A posterior sample `mean + std * eps`, shifted and scaled for the UNet (`scaled_sample`).
 
     eps ~ N(0, 1) is drawn from `generator` on its device (the CPU without one), in fp32, one draw per
     group when the rows hold `groups` equal-size image sets (as separate calls would draw them).
     """
     device = generator.device if generator is not None else torch.device("cpu")
     eps = torch.cat([torch.randn(part.shape, generator=generator, device=device) for part in mean.chunk(groups)])
+    return scaled_sample(vae, mean, std, eps)
+
+
+def scaled_sample(vae, mean: torch.Tensor, std: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """`(mean + std * eps - shift) * scale`: the posterior sample for noise `eps`, as the UNet sees it."""
     scale, shift = latent_scale_shift(vae)
     return (mean + std * eps.to(mean.device) - shift) * scale
 

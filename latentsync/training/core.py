@@ -23,19 +23,30 @@ A run folder `<data.train_output_dir>/<run_name>/` holds
                                          exactly; the newest `ckpt.keep_training_states` are kept
     loss_charts/loss_chart-<step>.png    a panel per recorded number (training line, validation points)
     tensorboard/                         the same numbers, through accelerate's TensorBoard tracker
+
+Several processes (`accelerate launch --multi_gpu --num_processes N`, docs/training.md): every
+process builds the same model, trains on its share of the global batch (`Run.batches`) with its
+rows of the step's random numbers (`Run.draws`), and accelerate averages the gradients; only the
+main process (rank 0) writes the run folder (config, checkpoints, training states, charts,
+validation results, TensorBoard). The training state holds every process's RNG states.
 """
 
 import logging
 import math
+import os
 import random
+import re
 import shutil
+import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
+from accelerate.utils import broadcast_object_list, gather_object
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
@@ -44,13 +55,14 @@ from latentsync.io import atomic_output, atomic_save_torch, atomic_write_text
 from latentsync.models.checkpoint import load_into, read_state_dict
 from latentsync.training.config import OptimizerSection, TrainingConfig, to_container, to_yaml
 from latentsync.training.options import TrainOptions
-from latentsync.training.state import (CHECKPOINTS_DIR, STATE_PATTERN, IndexBatches, checkpoint_path,
-                                       find_state_file, new_run_dir, prune, read_training_state, rng_state, run_dir_of,
-                                       set_rng_state, state_path)
+from latentsync.training.state import (CHECKPOINTS_DIR, DEFAULT_RUN_NAME, STATE_PATTERN, IndexBatches, checkpoint_path,
+                                       StepDraws, derived_seed, find_state_file, new_run_dir, prune, read_training_state,
+                                       rng_state, run_dir_of, set_rng_state, state_path)
 
 logger = logging.getLogger(__name__)
 
 STATE_VERSION = 2  # 2: both trainers' states name their checkpoint instead of holding the weights
+WORLD_SIZE_VARIABLES = ("WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE")  # accelerate's
 TENSORBOARD_DIR = "tensorboard"
 CHARTS_DIR = "loss_charts"
 CHART_DPI = 90
@@ -129,9 +141,21 @@ def find_resume(options: TrainOptions, kind: RunKind) -> tuple[Resume | None, st
     return resume, options.config_path or str(resume.run_dir / "config.yaml")
 
 
-def make_accelerator(device_option: str | None, precision: str, project_dir: Path) -> Accelerator:
+def check_launch(env=os.environ) -> None:
+    """UserError when `accelerate launch --cpu --num_processes N` started this as its only process:
+    accelerate 1.x needs mpirun for several CPU processes and otherwise runs one, silently."""
+    if (env.get("ACCELERATE_USE_CPU", "").lower() == "true" and "MASTER_ADDR" in env
+            and not any(name in env for name in WORLD_SIZE_VARIABLES)):
+        raise UserError("accelerate launch --cpu started a single process (several CPU processes need mpirun); "
+                        "use accelerate launch --multi_gpu --num_processes N ... --device cpu, which runs N "
+                        "processes on the CPU as well")
+
+
+def make_accelerator(device_option: str | None, precision: str,
+                     project_dir: Path | Callable[[PartialState], Path]) -> Accelerator:
     """An `accelerate.Accelerator` on the requested device (cuda:N selects GPU N; no GPU -> the CPU),
-    with fp16 only on CUDA and a TensorBoard tracker writing below `project_dir`."""
+    with fp16 only on CUDA and a TensorBoard tracker writing below `project_dir` (or below what
+    `project_dir(processes)` returns once the processes are connected)."""
     device = (device_option or "auto").lower()
     if device not in DEVICES and not device.startswith("cuda:"):
         raise UserError(f"--device {device_option!r}: expected auto, cpu, cuda, cuda:N or mps")
@@ -142,7 +166,9 @@ def make_accelerator(device_option: str | None, precision: str, project_dir: Pat
         torch.cuda.set_device(torch.device(device))
     if precision == "fp16" and (cpu or not torch.cuda.is_available()):
         precision = "no"
-    return Accelerator(mixed_precision=precision, cpu=cpu, log_with="tensorboard", project_dir=str(project_dir))
+    check_launch()
+    folder = project_dir(PartialState(cpu=cpu)) if callable(project_dir) else project_dir
+    return Accelerator(mixed_precision=precision, cpu=cpu, log_with="tensorboard", project_dir=str(folder))
 
 
 def lr_factor(optimizer: OptimizerSection, total_steps: int) -> Callable[[int], float]:
@@ -197,18 +223,27 @@ class Run:
         if options.num_threads:
             torch.set_num_threads(int(options.num_threads))
         self.kind, self.config, self.resume = kind, config, resume
-        self.dir = resume.run_dir if resume else new_run_dir(config.data.train_output_dir, options.run_name)
+        self.dir = resume.run_dir if resume else None
         self.accelerator = make_accelerator(options.device, options.mixed_precision or config.run.mixed_precision,
-                                            self.dir)
+                                            lambda processes: self.dir or self.new_dir(processes, options))
         self.device, self.is_main = self.accelerator.device, self.accelerator.is_main_process
         self.rank, self.world_size = self.accelerator.process_index, self.accelerator.num_processes
+        self.dir = Path(self.accelerator.project_dir)
         self.step = resume.step if resume else 0
         self.max_steps = config.run.max_train_steps
         self.history = History(resume.state["history"]) if resume else History()
         self.show_progress = options.show_progress
-        self.model = self.optimizer = self.scheduler = self.progress = None
+        self.model = self.optimizer = self.scheduler = self.progress = self.weights = None
         self.params: list[torch.nn.Parameter] = []
         self.validated = False
+
+    def new_dir(self, processes: PartialState, options: TrainOptions) -> Path:
+        """The new run's folder: --run_name, else the main process's time stamp (in every process)."""
+        name = options.run_name
+        if not name and processes.num_processes > 1:
+            name = broadcast_object_list([time.strftime(DEFAULT_RUN_NAME) if processes.is_main_process else None],
+                                         from_process=0)[0]
+        return new_run_dir(self.config.data.train_output_dir, name)
 
     @property
     def weight_dtype(self) -> torch.dtype:
@@ -226,11 +261,14 @@ class Run:
         load_into(model, read_state_dict(self.resume.checkpoint).state_dict, str(self.resume.checkpoint))
         return True
 
-    def prepare(self, model: torch.nn.Module, params: Sequence[torch.nn.Parameter], lr_scale: float = 1.0):
+    def prepare(self, model: torch.nn.Module, params: Sequence[torch.nn.Parameter], lr_scale: float = 1.0,
+                weights: torch.nn.Module | None = None):
         """AdamW over `params` (lr x `lr_scale`) with the LR schedule, both restored when resuming;
         accelerate's wrapping; then the RNGs: restored, or seeded with run.seed + rank. Returns the
-        wrapped model."""
+        wrapped model. Checkpoints hold the state dict of `weights` (default: `model`; a trainer
+        whose training forward pass is a wrapper around the model it saves passes the model)."""
         self.params = list(params)
+        self.weights = weights
         settings = self.config.optimizer
         optimizer = torch.optim.AdamW(self.params, lr=settings.lr * lr_scale, weight_decay=settings.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(settings, self.max_steps))
@@ -242,7 +280,7 @@ class Run:
         if self.resume is not None:
             if self.resume.state.get("scaler") is not None and scaler is not None:
                 scaler.load_state_dict(self.resume.state["scaler"])
-            set_rng_state(self.resume.state["rng"])
+            self.restore_rngs(self.resume.state)
             logger.info("resuming %s at step %d", self.dir, self.step)
         else:
             seed = self.config.run.seed + self.rank
@@ -250,6 +288,24 @@ class Run:
             np.random.seed(seed)
             torch.manual_seed(seed)
         return self.model
+
+    def restore_rngs(self, state: dict) -> None:
+        """This process's RNG states of a training state; a resume with another number of processes
+        gives rank 0 the saved main-process states and seeds the others from (seed, rank, step)
+        (only draws from the global RNGs, e.g. dropout, then differ from the uninterrupted run)."""
+        ranks = state.get("rng_ranks") or [state["rng"]]
+        if len(ranks) == self.world_size or self.rank == 0:
+            set_rng_state(ranks[self.rank] if len(ranks) == self.world_size else state["rng"])
+            return
+        seed = derived_seed("rng", self.config.run.seed, self.rank, self.step) % 2**32
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+
+    def draws(self, name: str) -> StepDraws:
+        """The random numbers of the current step: drawn for the global batch from a generator keyed
+        by (name, run.seed, step), this process's rows kept (see StepDraws)."""
+        return StepDraws.for_step(self.device, name, self.config.run.seed, self.step, self.rank, self.world_size)
 
     def begin(self, summary: str = "", copies: Mapping[str, str] | None = None) -> None:
         """Start writing: the run folder with config.yaml and `copies` (file name -> source), the
@@ -266,6 +322,31 @@ class Run:
         self.accelerator.init_trackers(TENSORBOARD_DIR, init_kwargs={"tensorboard": purge})
         self.progress = tqdm(total=self.max_steps, initial=self.step, desc="steps", dynamic_ncols=True,
                              disable=not (self.is_main and self.show_progress))
+        if self.world_size > 1:
+            self.explain_termination()
+
+    def explain_termination(self) -> None:
+        """Under a launcher, SIGTERM means another process of the run ended (the launcher then stops
+        the others): say so, with the checkpoint to continue from, before the usual SIGTERM exit."""
+        previous = signal.getsignal(signal.SIGTERM)
+
+        def handler(signum, frame):
+            states = sorted((int(m.group(1)), p) for p in (self.dir / CHECKPOINTS_DIR).glob("*.pt")
+                            if (m := re.search(STATE_PATTERN, p.name)))
+            last = (f"the last complete checkpoint is step {states[-1][0]}; continue with --resume_from {self.dir}"
+                    if states else "no checkpoint was written yet")
+            logger.error("process %d of %d: stopped by SIGTERM, which the launcher sends when another process "
+                         "of the run fails (its report names it); %s", self.rank, self.world_size, last)
+            signal.signal(signal.SIGTERM, previous)
+            if callable(previous):
+                previous(signum, frame)
+            else:
+                os.kill(os.getpid(), signum)
+
+        try:
+            signal.signal(signal.SIGTERM, handler)
+        except ValueError:  # not the main thread
+            pass
 
     def batches(self, dataset, batch_size: int, per_step: int = 1, num_workers: int = 0):
         """Endless batches of this process's samples, continuing the sequence at the current step."""
@@ -321,8 +402,9 @@ class Run:
         path = None
         if self.due(self.config.ckpt.save_ckpt_steps):
             self.accelerator.wait_for_everyone()
+            rngs = gather_object([rng_state()]) if self.world_size > 1 else [rng_state()]
             if self.is_main:
-                path = self.save()
+                path = self.save(rngs)
                 self.write(f"step {self.step}: saved {path}")
         if self.is_main and (path is not None or self.validated):
             save_chart(self.dir / CHARTS_DIR / f"loss_chart-{self.step}.png", self.history,
@@ -330,25 +412,26 @@ class Run:
         self.validated = False
         return path
 
-    def save(self) -> Path:
+    def save(self, rngs: list[dict]) -> Path:
         """The official checkpoint (fp32 weights of the whole model) and the training state that
-        continues it (temp names, then renames); older training states beyond the kept ones go."""
-        model = self.accelerator.unwrap_model(self.model)
+        continues it, with every process's RNG states `rngs` (temp names, then renames); older
+        training states beyond the kept ones go."""
+        model = self.weights if self.weights is not None else self.accelerator.unwrap_model(self.model)
         weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         extra = self.history.to_dict() if self.kind.history_in_checkpoint else {}
         checkpoint = checkpoint_path(self.dir, self.step)
         atomic_save_torch({"state_dict": weights, "global_step": self.step, **extra}, checkpoint)
-        atomic_save_torch(self.training_state(checkpoint.name), state_path(self.dir, self.step))
+        atomic_save_torch(self.training_state(checkpoint.name, rngs), state_path(self.dir, self.step))
         prune(checkpoint.parent, STATE_PATTERN, self.config.ckpt.keep_training_states)
         return checkpoint
 
-    def training_state(self, checkpoint_name: str) -> dict:
+    def training_state(self, checkpoint_name: str, rngs: list[dict]) -> dict:
         scaler = self.accelerator.scaler
         return {"format": self.kind.state_format, "version": STATE_VERSION, "global_step": self.step,
                 "checkpoint": checkpoint_name, "optimizer": self.optimizer.state_dict(),
                 "lr_scheduler": self.scheduler.state_dict(),
                 "scaler": scaler.state_dict() if scaler is not None else None,
-                "rng": rng_state(), "history": self.history.to_dict(),
+                "rng": rngs[0], "rng_ranks": rngs, "history": self.history.to_dict(),
                 "config": to_container(self.config)}
 
     def write(self, message: str) -> None:

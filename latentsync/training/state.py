@@ -1,6 +1,12 @@
 """The files and random state of a resumable run: run folders, RNG snapshots,
 finding and reading the state file to resume from, pruning old states, index batches and
-per-step random generators.
+per-step random draws.
+
+Several processes (docs/training.md, "Several processes"): the samples of step k are the global
+batch k of one sequence of sample indices, split across the processes (`IndexBatches`), and
+the random numbers of step k are drawn for the whole global batch from one generator keyed by
+(seed, k), each process keeping its own rows (`StepDraws`). So N processes with batch B draw
+and see exactly what one process with batch N x B does.
 
 Used through `latentsync/training/core.py` by both trainers (nothing here knows a model).
 """
@@ -22,6 +28,7 @@ CHECKPOINTS_DIR = "checkpoints"
 CHECKPOINT_NAME = "checkpoint-{step}.pt"  # the official {"state_dict", "global_step"} file
 STATE_NAME = "training-state-{step}.pt"  # optimiser, LR schedule, scaler, RNGs, history
 STATE_PATTERN = r"^training-state-(\d+)\.pt$"
+DEFAULT_RUN_NAME = "train-%Y_%m_%d-%H_%M_%S"  # time.strftime format of a run without --run_name
 
 
 def checkpoint_path(run_dir: str | os.PathLike, step: int) -> Path:
@@ -36,7 +43,7 @@ def state_path(run_dir: str | os.PathLike, step: int) -> Path:
 
 def new_run_dir(train_output_dir: str | os.PathLike, run_name: str | None) -> Path:
     """`<train_output_dir>/<run_name or train-YYYY_MM_DD-HH_MM_SS>`; UserError if it already has checkpoints."""
-    name = run_name or time.strftime("train-%Y_%m_%d-%H_%M_%S")
+    name = run_name or time.strftime(DEFAULT_RUN_NAME)
     run_dir = Path(train_output_dir) / name
     if (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
         raise UserError(f"{run_dir}: run folder already has checkpoints; use --resume_from {run_dir} "
@@ -45,7 +52,9 @@ def new_run_dir(train_output_dir: str | os.PathLike, run_name: str | None) -> Pa
 
 
 class IndexBatches(torch.utils.data.Sampler):
-    """Endless batches of sample indices: batch k of process r holds (k*world + r)*B ... +B-1.
+    """Endless batches of sample indices: batch k of process r holds (k*world + r)*B ... +B-1,
+    so the processes' batches k together are the global batch k*world*B ... +world*B-1 (what
+    one process with batch world*B draws) and never overlap.
 
     Starting at batch `start` after a resume continues the exact sample sequence.
     """
@@ -102,6 +111,54 @@ def step_generator(device: torch.device, *parts) -> torch.Generator:
     generator = torch.Generator(device=device)
     generator.manual_seed(derived_seed(*parts))
     return generator
+
+
+class StepDraws:
+    """The random numbers of one training step, the same whatever the number of processes: each
+    draw is made for the global batch (`world_size` x this process's rows) from one generator
+    keyed by (name, seed, step), and this process keeps rows rank x n ... (rank + 1) x n - 1 of
+    it. With one process this is the plain draw (the generator keys have a 0 where they used to
+    have the rank, so one-process runs draw what they always did). The cost: every process
+    draws the random numbers of the whole global batch (noise-sized tensors, cheap next to a
+    forward pass)."""
+
+    def __init__(self, generator: torch.Generator, rank: int = 0, world_size: int = 1):
+        self.generator, self.rank, self.world_size = generator, rank, world_size
+
+    @classmethod
+    def for_step(cls, device: torch.device, name: str, seed: int, step: int, rank: int = 0,
+                 world_size: int = 1) -> "StepDraws":
+        """The draws of training step `step` of process `rank` of `world_size`."""
+        return cls(step_generator(device, name, seed, 0, step), rank, world_size)
+
+    @classmethod
+    def of(cls, draws: "StepDraws | torch.Generator") -> "StepDraws":
+        """`draws` itself, or a plain generator's draws (one process)."""
+        return draws if isinstance(draws, StepDraws) else cls(draws)
+
+    def local(self, draw, shape) -> torch.Tensor:
+        """`draw(global shape)` cut to this process's rows, for a `shape` whose first dimension is
+        this process's (batch-major: a flattened (batch frame) dimension works too)."""
+        rows = shape[0]
+        if self.world_size == 1:
+            return draw(tuple(shape))
+        full = draw((rows * self.world_size, *shape[1:]))
+        return full[self.rank * rows:(self.rank + 1) * rows]
+
+    def randn(self, shape, device=None, dtype=torch.float32) -> torch.Tensor:
+        """Standard normal numbers of `shape` (this process's rows), drawn on the generator's device."""
+        g = self.generator
+        return self.local(lambda s: torch.randn(s, generator=g, device=g.device, dtype=dtype), shape).to(device or g.device)
+
+    def randint(self, high: int, shape, device=None) -> torch.Tensor:
+        """Integers in [0, high) of `shape` (this process's rows)."""
+        g = self.generator
+        return self.local(lambda s: torch.randint(0, high, s, generator=g, device=g.device), shape).to(device or g.device)
+
+    def posterior_sample(self, dist) -> torch.Tensor:
+        """A sample of a diagonal Gaussian (diffusers' `latent_dist`), the numbers its own
+        `.sample(generator)` would draw with one process."""
+        return dist.mean + dist.std * self.randn(dist.mean.shape, dist.parameters.device, dist.parameters.dtype)
 
 
 def find_state_file(resume_from: str | os.PathLike, pattern: str = STATE_PATTERN) -> Path:

@@ -2,8 +2,8 @@
 x0 estimate decoded to pixels -> LPIPS, SyncNet and TREPA losses, weighted by the `run:` settings.
 
 `training_step` is the whole step; the rest are its pieces. The random draws (VAE posterior
-samples, noise, timesteps) all come from the generator the caller passes, so a step is
-reproducible from (seed, rank, step) alone.
+samples, noise, timesteps) all come from the generator (or `StepDraws`) the caller passes, so a
+step is reproducible from (seed, step) alone, under any number of processes.
 """
 
 from dataclasses import dataclass
@@ -18,8 +18,9 @@ from latentsync.losses.lpips_loss import lower_half_lpips
 from latentsync.losses.noise import mixed_noise, one_step_x0, prediction_target
 from latentsync.models.stable_syncnet import sync_loss
 from latentsync.models.unet import Conditioning, unet_input
-from latentsync.models.vae import decode_latents, posterior, sample_latents
+from latentsync.models.vae import decode_latents, posterior, scaled_sample
 from latentsync.schedulers import check_prediction_type
+from latentsync.training.state import StepDraws
 
 LOSS_TERMS = ("recon", "sync", "lpips", "trepa")
 WEIGHT_KEYS = {"recon": "recon_loss_weight", "sync": "sync_loss_weight", "lpips": "perceptual_loss_weight",
@@ -89,7 +90,8 @@ def vae_encode(vae, pixels: torch.Tensor, generator: torch.Generator) -> torch.T
     """Frames `[B, F, 3, H, W]` -> posterior samples, shifted and scaled by the VAE's own config
     (0.18215 for SD's VAE), as `[B, 4, F, h, w]` (fp32; models/vae.py, as inference)."""
     flat = rearrange(pixels, "b f c h w -> (b f) c h w").to(vae.device, vae.dtype)
-    latents = sample_latents(vae, *posterior(vae, flat), generator)
+    mean, std = posterior(vae, flat)
+    latents = scaled_sample(vae, mean, std, StepDraws.of(generator).randn(mean.shape, mean.device))
     return rearrange(latents, "(b f) c h w -> b c f h w", b=pixels.shape[0])
 
 
@@ -139,7 +141,8 @@ class LatentCache:
                 self.moments[keys[i]] = (mean, std)
         mean = torch.stack([self.moments[key][0] for key in keys])
         std = torch.stack([self.moments[key][1] for key in keys])
-        return rearrange(sample_latents(self.vae, mean, std, generator), "(b f) c h w -> b c f h w", b=batch)
+        eps = StepDraws.of(generator).randn(mean.shape, mean.device)
+        return rearrange(scaled_sample(self.vae, mean, std, eps), "(b f) c h w -> b c f h w", b=batch)
 
 
 def encode_latents(models: Models, batch: dict, generator, device) -> tuple[torch.Tensor, ...]:
@@ -197,14 +200,15 @@ def noise_loss(eps: torch.Tensor, noise: torch.Tensor, keep: torch.Tensor, mask_
     return (squared * weights).mean() / weights.mean()
 
 
-def training_step(models: Models, batch: dict, settings: StepSettings, generator: torch.Generator,
+def training_step(models: Models, batch: dict, settings: StepSettings, generator: "torch.Generator | StepDraws",
                   autocast=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The weighted loss of one batch and its active terms (see StepSettings.active_terms)."""
     unet = models.unet
     device = next(p for p in unet.parameters()).device
-    gt_latents, condition = encode_batch(models, batch, generator, device)
-    noise = make_noise(gt_latents.shape, settings, generator, device)
-    timesteps = torch.randint(0, models.num_train_timesteps, (gt_latents.shape[0],), generator=generator, device=device)
+    draws = StepDraws.of(generator)
+    gt_latents, condition = encode_batch(models, batch, draws, device)
+    noise = draws.local(lambda shape: make_noise(shape, settings, draws.generator, device), gt_latents.shape)
+    timesteps = draws.randint(models.num_train_timesteps, (gt_latents.shape[0],), device)
     noisy = models.scheduler.add_noise(gt_latents, noise, timesteps)  # in fp32
     abar = models.alphas_cumprod.to(device)[timesteps].reshape(-1, 1, 1, 1, 1)
     audio = batch["audio_embeds"].to(device)

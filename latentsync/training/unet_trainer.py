@@ -16,8 +16,9 @@ and `load_unet` load it strictly.
 
 Differences from the reference: any device (CPU included; fp16 autocast and the grad scaler only
 on CUDA); the random draws of step k (VAE posterior samples, noise, timesteps) come from a
-generator keyed by (seed, rank, k) and samples are keyed by their index, so resuming reproduces
-the uninterrupted run; the optimiser state is saved; Whisper features are computed before
+generator keyed by (seed, k), drawn for the global batch, and samples are keyed by their index,
+so resuming reproduces the uninterrupted run and N processes train as one with N times the
+batch (docs/training.md); the optimiser state is saved; Whisper features are computed before
 training (see latentsync/data/unet_dataset.py); a non-empty `trainable_modules` list is honoured
 even without motion modules (the reference ignores it then; its stage-1 configs have an empty
 list, which means "all parameters"); initial weights load strictly except for the motion modules
@@ -35,7 +36,6 @@ from latentsync.errors import UserError
 from latentsync.face.mask import resolve_mask
 from latentsync.training.core import Run, RunKind, find_resume
 from latentsync.training.options import TrainOptions
-from latentsync.training.state import step_generator
 from latentsync.training.unet_config import UNetConfig, build_unet, check_config, load_config, select_trainable
 from latentsync.training.unet_models import build_models, load_initial_weights
 from latentsync.training.unet_step import StepSettings, training_step
@@ -106,8 +106,7 @@ def train(options: TrainOptions) -> Path:
 
     batches = run.batches(dataset, data.batch_size, num_workers=data.num_workers)
     while not run.done:
-        generator = step_generator(run.device, "unet-step", run_config.seed, run.rank, run.step)
-        loss, terms = training_step(models, next(batches), settings, generator, run.accelerator.autocast())
+        loss, terms = training_step(models, next(batches), settings, run.draws("unet-step"), run.accelerator.autocast())
         run.accelerator.backward(loss)
         run.optimizer_step()
         run.record("train", loss=run.mean(loss), **{name: run.mean(value) for name, value in terms.items()})

@@ -10,7 +10,8 @@ TensorBoard and charts are the shared core (latentsync/training/core.py). Data: 
 `data.resolution` and decoded once into a uint8 frame bank (`.npy`, read through a memory map,
 so memory does not grow with the data). A sample is one frame drawn by its index (and flipped
 left-right with `data.horizontal_flip`, cut to a random `data.crop_size` square if set), so
-resuming reproduces the uninterrupted run.
+resuming reproduces the uninterrupted run, and N processes (`accelerate launch --multi_gpu`)
+train as one with N times the batch (docs/training.md, "Several processes").
 
 Loss: `loss.l1_weight` x L1 + `loss.mse_weight` x MSE between the decoded posterior sample and the
 input, + `loss.kl_weight` x the KL divergence to N(0, 1) per latent element. Validation: PSNR and
@@ -49,7 +50,7 @@ from latentsync.models.vae import measure_latent_stats
 from latentsync.training.config import DataSection, TrainingConfig, load_training_config, signature_keys
 from latentsync.training.core import Run, RunKind, find_resume
 from latentsync.training.options import TrainOptions
-from latentsync.training.state import CHECKPOINTS_DIR, step_generator
+from latentsync.training.state import CHECKPOINTS_DIR, StepDraws
 from latentsync.video import count_frames, iter_frames
 
 KIND = RunKind("VAE", "latentsync-vae-training-state", "--config_path")
@@ -260,17 +261,30 @@ def psnr(mse: torch.Tensor) -> torch.Tensor:
     return 10.0 * torch.log10(4.0 / mse.clamp_min(1e-10))
 
 
-def training_step(vae: AutoencoderKL, pixels: torch.Tensor, weights: LossWeights, generator: torch.Generator,
-                  autocast) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Encode, draw a posterior sample with `generator`, decode; the weighted loss and its terms
+class Reconstruction(torch.nn.Module):
+    """The VAE's training pass as one module call (what accelerate wraps for several processes,
+    whose gradient averaging needs the forward call): encode, draw a posterior sample, decode."""
+
+    def __init__(self, vae: AutoencoderKL):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, pixels: torch.Tensor, draws: StepDraws) -> tuple[torch.Tensor, ...]:
+        """(reconstruction, KL divergence to N(0, 1) of each sample, the posterior samples)."""
+        posterior = self.vae.encode(pixels).latent_dist
+        latents = draws.posterior_sample(posterior)
+        return self.vae.decode(latents).sample, posterior.kl(), latents
+
+
+def training_step(model: Reconstruction, pixels: torch.Tensor, weights: LossWeights,
+                  draws: "StepDraws | torch.Generator", autocast) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Encode, draw a posterior sample with `draws`, decode; the weighted loss and its terms
     (l1, mse and kl per latent element; psnr of the batch, not part of the loss)."""
     with autocast:
-        posterior = vae.encode(pixels).latent_dist
-        latents = posterior.sample(generator=generator)
-        recon = vae.decode(latents).sample
+        recon, kl, latents = model(pixels, StepDraws.of(draws))
     error = recon.float() - pixels.float()
     l1, mse = error.abs().mean(), error.square().mean()
-    kl = posterior.kl().float().mean() / latents[0].numel()
+    kl = kl.float().mean() / latents[0].numel()
     loss = weights.l1_weight * l1 + weights.mse_weight * mse + weights.kl_weight * kl
     return loss, {"l1": l1.detach(), "mse": mse.detach(), "kl": kl.detach(), "psnr": psnr(mse.detach())}
 
@@ -330,13 +344,12 @@ def train(options: TrainOptions) -> Path:
     config = load_config(config_path, options)
     train_clips, val_clips = clip_lists(config)  # before any folder is made: bad lists fail first
     run = Run(KIND, config, options, resume)
-    if run.world_size > 1:
-        raise UserError("scripts.train_vae trains in one process (the VAE is small); run it without accelerate launch")
     data, seed = config.data, config.run.seed
     res, stride = data.resolution, data.frame_stride
     cache = Path(data.frame_cache_dir or run.dir / FRAMES_DIR)
-    bank = frame_bank(train_clips, res, stride, cache, options.show_progress)
-    val_bank = frame_bank(val_clips, res, stride, cache, options.show_progress) if val_clips else bank
+    with run.accelerator.main_process_first():  # the main process decodes the banks, the others read them
+        bank = frame_bank(train_clips, res, stride, cache, options.show_progress and run.is_main)
+        val_bank = frame_bank(val_clips, res, stride, cache, options.show_progress and run.is_main) if val_clips else bank
     val_frames = to_pixels(val_bank[spread(val_bank, data.num_val_frames)])
 
     torch.manual_seed(seed)  # the same initial weights every time
@@ -344,15 +357,14 @@ def train(options: TrainOptions) -> Path:
     if config.run.gradient_checkpointing:
         vae.enable_gradient_checkpointing()
     run.load_resumed_weights(vae)
-    vae = run.prepare(vae.train(), vae.parameters())
+    model = run.prepare(Reconstruction(vae.train()), vae.parameters(), weights=vae)
     run.begin(f"{len(train_clips)} training clips ({len(bank)} frames at {res} px), "
               f"{len(val_frames)} validation frames ({'validation clips' if val_clips else 'training frames'})")
 
     dataset = FaceFrames(bank, seed, data.horizontal_flip, data.crop_size)
     batches = run.batches(dataset, data.batch_size, num_workers=data.num_workers)
     while not run.done:
-        generator = step_generator(run.device, "vae-step", seed, run.rank, run.step)
-        loss, terms = training_step(vae, next(batches).to(run.device), config.loss, generator,
+        loss, terms = training_step(model, next(batches).to(run.device), config.loss, run.draws("vae-step"),
                                     run.accelerator.autocast())
         run.accelerator.backward(loss)
         run.optimizer_step()
