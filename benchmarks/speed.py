@@ -382,7 +382,9 @@ def decode_markdown(section: dict | None) -> str:
 
 # -- quality on the learnability benchmark's trained models -------------------------------------
 
-QUALITY_KEYS = ("dub_mouth_correlation", "dub_lse_c", "dub_mouth_ssim")  # as in the learnability summary.json
+# as in the learnability summary.json (each the mean over clips of the score without "dub_")
+QUALITY_KEYS = ("dub_mouth_correlation", "dub_lse_c", "dub_mouth_ssim", "dub_open_ratio", "dub_texture_ratio",
+                "dub_leak_correlation")
 GATED_KEYS = ("dub_mouth_correlation", "dub_lse_c")  # kept "within 5 %" of the reference settings
 QUALITY_TOLERANCE = 0.05
 SPEEDUP_TARGETS = {"balanced": 2.0, "fast": 4.0}
@@ -446,10 +448,8 @@ def quality_runs(work: Path, settings: dict, clips: int, max_frames: int, tmp: P
                 frames += pipe(str(layout.corpus / clip["clip"]), str(folder / "speech.wav"), str(out), opts).num_frames
                 seconds += time.perf_counter() - start
                 scores.append(score(out, truth))
-            result = dict(dub_mouth_correlation=float(np.mean([x["mouth_correlation"] for x in scores])),
-                          dub_lse_c=float(np.mean([x["lse_c"] for x in scores])),
-                          dub_mouth_ssim=float(np.mean([x["mouth_ssim"] for x in scores])),
-                          seconds_per_frame=seconds / frames)
+            result = {key: float(np.mean([x[key.removeprefix("dub_")] for x in scores])) for key in QUALITY_KEYS}
+            result["seconds_per_frame"] = seconds / frames
             print(f"quality {name}: {result}", flush=True)
             return result
 
@@ -485,11 +485,12 @@ def quality_markdown(quality: dict | None, verdicts: dict) -> str:
              f"benchmark scores its dubs (means over clips; the truth rendering's LSE-C is "
              f"{quality['truth_lse_c']:.3f}){frames}. The seconds per frame here are of these models "
              f"({quality['resolution']} px).", "",
-             f"| settings | mouth-opening corr. | LSE-C | mouth SSIM | s/frame ({quality['resolution']} px) |",
-             "|---|---|---|---|---|"]
+             f"| settings | mouth-opening corr. | LSE-C | mouth SSIM | open ratio | texture ratio | leak corr. | "
+             f"s/frame ({quality['resolution']} px) |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, r in quality["runs"].items():
-        lines.append(f"| {name} | {r['dub_mouth_correlation']:.3f} | {r['dub_lse_c']:.3f} | "
-                     f"{r['dub_mouth_ssim']:.3f} | {r['seconds_per_frame']:.2f} |")
+        cells = " | ".join(f"{r[key]:.3f}" if key in r else "-" for key in QUALITY_KEYS)  # older reports lack some
+        lines.append(f"| {name} | {cells} | {r['seconds_per_frame']:.2f} |")
     if verdicts:
         lines += ["", "| preset | speed-up (256 px) | target | corr. vs reference | LSE-C vs reference | met |",
                   "|---|---|---|---|---|---|"]
