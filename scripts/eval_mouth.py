@@ -34,8 +34,6 @@ def track_of(path: str):
     from latentsync.eval.mouth import measure_mouth_track
     from latentsync.video import iter_frames
 
-    if not Path(path).is_file():
-        raise UserError(f"{path}: video file not found")
     with contextlib.closing(iter_frames(path, fps=MODEL_FPS, chunk_size=CHUNK)) as chunks:
         return measure_mouth_track(frame for chunk in chunks for frame in chunk)
 

@@ -90,9 +90,14 @@ def vae_encode(vae, pixels: torch.Tensor, generator: torch.Generator) -> torch.T
     """Frames `[B, F, 3, H, W]` -> posterior samples, shifted and scaled by the VAE's own config
     (0.18215 for SD's VAE), as `[B, 4, F, h, w]` (fp32; models/vae.py, as inference)."""
     flat = rearrange(pixels, "b f c h w -> (b f) c h w").to(vae.device, vae.dtype)
-    mean, std = posterior(vae, flat)
-    latents = scaled_sample(vae, mean, std, StepDraws.of(generator).randn(mean.shape, mean.device))
-    return rearrange(latents, "(b f) c h w -> b c f h w", b=pixels.shape[0])
+    return sample_step_latents(vae, *posterior(vae, flat), generator, pixels.shape[0])
+
+
+def sample_step_latents(vae, mean: torch.Tensor, std: torch.Tensor, generator, batch: int) -> torch.Tensor:
+    """Posterior `(mean, std)` of `(b f)` frames -> UNet latents `[b, 4, f, h, w]`, the noise drawn
+    with the step's draws (`StepDraws`: the same numbers under any number of processes)."""
+    eps = StepDraws.of(generator).randn(mean.shape, mean.device)
+    return rearrange(scaled_sample(vae, mean, std, eps), "(b f) c h w -> b c f h w", b=batch)
 
 
 def vae_decode(vae, latents: torch.Tensor) -> torch.Tensor:
@@ -141,8 +146,7 @@ class LatentCache:
                 self.moments[keys[i]] = (mean, std)
         mean = torch.stack([self.moments[key][0] for key in keys])
         std = torch.stack([self.moments[key][1] for key in keys])
-        eps = StepDraws.of(generator).randn(mean.shape, mean.device)
-        return rearrange(scaled_sample(self.vae, mean, std, eps), "(b f) c h w -> b c f h w", b=batch)
+        return sample_step_latents(self.vae, mean, std, generator, batch)
 
 
 def encode_latents(models: Models, batch: dict, generator, device) -> tuple[torch.Tensor, ...]:
